@@ -1,0 +1,151 @@
+"""Cut the row stream into chunks, and chunks into model batches.
+
+Chunks are windows of rows: tokenized together, sorted by length, embedded, and put
+back in input order. They never straddle an output shard, so a resumed run forms the
+same chunks (and so the same batches, and bit-identical fp32 embeddings) as the first.
+
+Batches are cut from a length-sorted chunk by a padded-token budget: rows x longest
+row <= ``batch_tokens``, and at most ``batch_size`` rows. Short texts travel in big
+batches, long ones in small, and little compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .sources import CheckedRows, Reject
+
+
+@dataclass
+class Chunk:
+    """Checked rows ready to embed, and the rejects met while gathering them."""
+
+    texts: list[str]
+    ids: pa.Array
+    keep: pa.Table | None
+    rejects: list[Reject]
+    first_row: int  # output row number of texts[0]
+    record_end: int  # input records consumed once this chunk is written (the resume point)
+    shard_end: bool = False  # the last chunk of an output shard
+    tokens: TokenizedChunk | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class TokenizedChunk:
+    """Token ids of a chunk, and the batches to run them in."""
+
+    ids: list[np.ndarray]
+    lengths: np.ndarray
+    truncated: int
+    batches: list[Batch] = field(default_factory=list)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return sum(b.input_ids.shape[0] * b.input_ids.shape[1] for b in self.batches)
+
+
+@dataclass
+class Batch:
+    """Padded model input for some rows of a chunk; ``rows`` are their chunk positions."""
+
+    rows: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+def chunk_rows(
+    checked: Iterable[CheckedRows],
+    chunk_size: int,
+    shard_rows: int,
+    first_row: int = 0,
+    first_record: int = 0,
+) -> Iterator[Chunk]:
+    """Regroup checked rows into chunks of ``chunk_size`` that end at every shard boundary.
+
+    A chunk carries the rejects whose record position falls before its last row, and its
+    ``record_end`` is the record just after that row: where a resumed run starts reading.
+    """
+    pending = _Pending(first_row)
+    record_end = first_record
+    for piece in checked:
+        pending.rejects.extend(piece.rejects)
+        offset = 0
+        while offset < len(piece.texts):
+            in_shard = shard_rows - (pending.first_row % shard_rows)
+            take = min(chunk_size, in_shard) - pending.rows
+            take = min(take, len(piece.texts) - offset)
+            pending.add(piece, offset, take)
+            offset += take
+            shard_end = pending.rows == in_shard
+            if pending.rows == chunk_size or shard_end:
+                yield pending.emit(int(piece.positions[offset - 1]) + 1, shard_end)
+        record_end = piece.record_end
+    yield pending.emit(record_end, shard_end=True)
+
+
+class _Pending:
+    def __init__(self, first_row: int) -> None:
+        self.first_row = first_row
+        self.rejects: list[Reject] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.texts: list[str] = []
+        self.ids: list[pa.Array] = []
+        self.keep: list[pa.Table] = []
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts)
+
+    def add(self, piece: CheckedRows, offset: int, take: int) -> None:
+        self.texts.extend(piece.texts[offset : offset + take])
+        self.ids.append(piece.ids.slice(offset, take))
+        if piece.keep is not None:
+            self.keep.append(piece.keep.slice(offset, take))
+
+    def emit(self, record_end: int, shard_end: bool) -> Chunk:
+        ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.int64())
+        keep = pa.concat_tables(self.keep, promote_options="permissive") if self.keep else None
+        mine = [r for r in self.rejects if r.position < record_end]
+        self.rejects = [r for r in self.rejects if r.position >= record_end]
+        chunk = Chunk(self.texts, ids, keep, mine, self.first_row, record_end, shard_end)
+        self.first_row += self.rows
+        self._reset()
+        return chunk
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> list[np.ndarray]:
+    """Group row positions, longest first, so each group's rows x longest <= batch_tokens."""
+    order = np.argsort(-lengths, kind="stable")
+    groups: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        fit = max(1, min(batch_size, batch_tokens // max(longest, 1)))
+        groups.append(order[start : start + fit])
+        start += fit
+    return groups
+
+
+def pad_batch(ids: list[np.ndarray], lengths: np.ndarray, rows: np.ndarray, pad_id: int) -> Batch:
+    """Right-pad the rows' token ids into one int64 matrix and its attention mask."""
+    width = int(lengths[rows].max())
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for k, row in enumerate(rows):
+        n = lengths[row]
+        input_ids[k, :n] = ids[row]
+        mask[k, :n] = 1
+    return Batch(rows, input_ids, mask)

@@ -1,0 +1,227 @@
+"""The `minilm` command: flags in, an EmbedConfig out, errors as one line on stderr.
+
+Everything real happens in pipeline.run_job; this module only translates.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import EmbedConfig
+from .errors import ExitCode, Interrupted, MinilmError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"minilm: error: {message}", err=True)
+    sys.exit(int(code))
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn every failure into one stderr line and a documented exit code, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("MINILM_DEBUG"):
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            fail(f"{exc}; finished shards are kept: rerun the same command with --resume to continue", exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; rerun the same command with --resume to continue", ExitCode.INTERRUPTED_SIGINT)
+        except MinilmError as exc:
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:
+            fail(_describe_os_error(exc), ExitCode.RUNTIME_FAILURE)
+        except MemoryError:
+            fail("out of memory: lower --batch-tokens or --chunk-size", ExitCode.RUNTIME_FAILURE)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            text = " ".join(str(exc).split())[:300]
+            fail(f"unexpected {type(exc).__name__}: {text} (set MINILM_DEBUG=1 for a traceback)", ExitCode.RUNTIME_FAILURE)
+
+    return wrapper
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    reasons = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "read-only file system",
+    }
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{reason}{where}; finished shards are kept: fix this and rerun with --resume"
+
+
+def _columns(value: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="minilm")
+def main() -> None:
+    """Embed text corpora with MiniLM models, into Parquet or .npy shards.
+
+    \b
+    minilm embed corpus.parquet -o embeddings/     embed a file into a directory
+    minilm verify embeddings/                      check the output against its manifest
+    minilm info                                    the model and the device it would use
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True, help="Output directory, or - for JSON lines on stdout.")
+@click.option(
+    "--input-format",
+    type=click.Choice(["csv", "tsv", "jsonl", "parquet", "txt"]),
+    help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson .json-lines .parquet .txt, "
+    "optionally .gz .bz2 .zst); stdin is read as jsonl if it starts with '{', else as txt.",
+)
+@click.option("--text-column", default="text", show_default=True, help="Column (or JSON field) holding the text.")
+@click.option("--id-column", help="Column copied to the output's id. Default: the 0-based row number over all inputs.")
+@click.option("--keep-columns", metavar="A,B", help="Comma-separated columns copied through to the output.")
+@click.option(
+    "--model",
+    envvar="MINILM_MODEL",
+    help="Local folder or hub id (e.g. nreimers/MiniLM-L6-H384-uncased). Default: the packaged "
+    "all-MiniLM-L6-v2, offline, sha256-checked. [env MINILM_MODEL]",
+)
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), help="Default: the model's sentence-transformers config, else mean.")
+@click.option("--normalize/--no-normalize", default=None, help="L2-normalise embeddings. Default: the model's config.")
+@click.option("--max-length", type=click.IntRange(2), help="Tokens per text; longer texts are truncated and counted. Default: the model's max_seq_length, else 512.")
+@click.option("--device", envvar="MINILM_DEVICE", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [env MINILM_DEVICE]")
+@click.option(
+    "--precision",
+    envvar="MINILM_PRECISION",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Autocast precision. auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. [env MINILM_PRECISION]",
+)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Most rows per forward pass.")
+@click.option("--batch-tokens", type=click.IntRange(1), default=16384, show_default=True, help="Most padded tokens (rows x longest row) per forward pass.")
+@click.option("--chunk-size", type=click.IntRange(1), default=8192, show_default=True, help="Rows read, length-sorted and embedded together.")
+@click.option("--shard-rows", type=click.IntRange(1), default=100_000, show_default=True, help="Rows per output shard.")
+@click.option("--format", "format_", type=click.Choice(["parquet", "npy", "jsonl"]), help="Output layout. Default: parquet for a directory, jsonl for -o -.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Stored embedding precision.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (only this tool's files are removed).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same OUTPUT, keeping finished shards.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="Bad rows (malformed, null, empty, not text, bad UTF-8): stop, or set aside in OUTPUT/rejects/.")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True, help="Invalid UTF-8: a bad row, or replaced with U+FFFD.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (pays off only on long GPU jobs).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model. Default: the cores this process may use.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@handle_errors
+def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
+    """Embed the text of INPUT... (files, globs, directories, or - for stdin) into OUTPUT.
+
+    Writes OUTPUT/part-00000.parquet, ... (or embeddings/*.npy and metadata/*.parquet with
+    --format npy) and OUTPUT/manifest.json. Exit codes: 0 done, 1 runtime failure,
+    2 bad input or flags, 3 OUTPUT conflict, 130/143 interrupted.
+    """
+    from .pipeline import run_job
+
+    cfg = EmbedConfig(
+        inputs=list(inputs),
+        output=output,
+        input_format=opts["input_format"],
+        text_column=opts["text_column"],
+        id_column=opts["id_column"],
+        keep_columns=_columns(opts["keep_columns"]),
+        model=opts["model"],
+        pooling=opts["pooling"],
+        normalize=opts["normalize"],
+        max_length=opts["max_length"],
+        device=opts["device"],
+        precision=opts["precision"],
+        batch_size=opts["batch_size"],
+        batch_tokens=opts["batch_tokens"],
+        chunk_size=opts["chunk_size"],
+        shard_rows=opts["shard_rows"],
+        format=opts["format_"],
+        dtype=opts["dtype"],
+        overwrite=opts["overwrite"],
+        resume=opts["resume"],
+        on_error=opts["on_error"],
+        encoding_errors=opts["encoding_errors"],
+        quiet=opts["quiet"],
+        compile=opts["compile_"],
+        threads=opts["threads"],
+    )
+    run_job(cfg)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("output", type=click.Path(file_okay=False))
+@handle_errors
+def verify(output: str) -> None:
+    """Check OUTPUT against its manifest: every shard present, checksums, row counts, dim,
+    no NaN/Inf, unique ids. Exit 0 when sound, 4 with a report when not."""
+    from .verify import verify_output
+
+    report = verify_output(output)
+    click.echo(report.text())
+    if not report.ok:
+        sys.exit(int(ExitCode.VERIFY_FAILED))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--model", envvar="MINILM_MODEL", help="As for embed. [env MINILM_MODEL]")
+@click.option("--device", envvar="MINILM_DEVICE", default="auto", show_default=True, help="As for embed.")
+@click.option("--precision", envvar="MINILM_PRECISION", default="auto", show_default=True, help="As for embed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@handle_errors
+def info(model: str | None, device: str, precision: str, as_json: bool) -> None:
+    """The model, its dim, max length and pooling, the device and precision auto picks, and versions."""
+    from .model import Embedder
+
+    embedder = Embedder(model=model, device=device, precision=precision)
+    data = embedder.info()
+    data["versions"] = _versions()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    m = data["model"]
+    click.echo(f"model       {m['name']} ({m['source']}: {m['path']})")
+    click.echo(f"weights     {m['weights_file']} sha256 {m['weights_sha256']}")
+    click.echo(f"dim         {data['dim']}")
+    click.echo(f"max length  {data['max_length']}")
+    click.echo(f"pooling     {data['pooling']}{', normalized' if data['normalize'] else ''}")
+    click.echo(f"device      {data['device']}")
+    click.echo(f"precision   {data['precision']}")
+    click.echo("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pyarrow
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "minilm-cli": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+if __name__ == "__main__":
+    main()

