@@ -111,8 +111,12 @@ def main() -> None:
     show_default=True,
     help="Autocast precision. auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. [env MINILM_PRECISION]",
 )
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Most rows per forward pass.")
-@click.option("--batch-tokens", type=click.IntRange(1), default=16384, show_default=True, help="Most padded tokens (rows x longest row) per forward pass.")
+@click.option("--batch-size", type=click.IntRange(1), help="Most rows per forward pass. Default: 128 on CPU, 1024 on CUDA.")
+@click.option(
+    "--batch-tokens",
+    type=click.IntRange(1),
+    help="Most padded tokens (rows x longest row) per forward pass. Default: 4096 on CPU, 65536 on CUDA.",
+)
 @click.option("--chunk-size", type=click.IntRange(1), default=8192, show_default=True, help="Rows read, length-sorted and embedded together.")
 @click.option("--shard-rows", type=click.IntRange(1), default=100_000, show_default=True, help="Rows per output shard.")
 @click.option("--format", "format_", type=click.Choice(["parquet", "npy", "jsonl"]), help="Output layout. Default: parquet for a directory, jsonl for -o -.")

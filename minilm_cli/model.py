@@ -31,6 +31,9 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 POOLINGS = ("mean", "cls", "max")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
+# batches and pays for every padding token; a GPU needs big batches to fill its cores.
+BATCH_DEFAULTS = {"cpu": (4096, 128), "mps": (16384, 256), "cuda": (65536, 1024)}
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,8 @@ class Embedder:
         pooling: str | None = None,
         normalize: bool | None = None,
         max_length: int | None = None,
-        batch_size: int = 256,
-        batch_tokens: int = 16384,
+        batch_size: int | None = None,
+        batch_tokens: int | None = None,
         compile: bool = False,
         threads: int | None = None,
     ) -> None:
@@ -246,8 +249,9 @@ class Embedder:
         self.precision = choose_precision(precision, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
-        self.batch_size = batch_size
-        self.batch_tokens = batch_tokens
+        default_tokens, default_rows = BATCH_DEFAULTS[self.device.type]
+        self.batch_tokens = batch_tokens or default_tokens
+        self.batch_size = batch_size or default_rows
         self._load(pooling, normalize, max_length, compile)
 
     def _load(self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool) -> None:
@@ -286,8 +290,20 @@ class Embedder:
         self.pad_id = tokenizer.pad_token_id or 0
         self.dim = int(config.hidden_size)
         self.model = model.eval().to(self.device)
+        if self.precision != "fp32":
+            self._precast_linear_weights(DTYPES[self.precision])
         self.compiled = compile
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    def _precast_linear_weights(self, dtype: torch.dtype) -> None:
+        """Store Linear weights in the autocast dtype once, instead of casting them every call.
+
+        Autocast would round them to the same values on every forward pass, so the results
+        are identical; LayerNorm and embeddings stay fp32, as autocast wants them.
+        """
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(dtype)
 
     def info(self) -> dict[str, Any]:
         """What the manifest and `minilm info` record about the model and how it runs."""
@@ -300,6 +316,8 @@ class Embedder:
             "device": str(self.device),
             "precision": self.precision,
             "compile": self.compiled,
+            "batch_tokens": self.batch_tokens,
+            "batch_size": self.batch_size,
         }
 
     # -- the three steps the pipeline runs on separate threads: tokenize, run, (pool inside run)

@@ -112,8 +112,8 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder) -> dict[str, Any]:
         "plan": {
             "shard_rows": cfg.shard_rows,
             "chunk_size": cfg.chunk_size,
-            "batch_tokens": cfg.batch_tokens,
-            "batch_size": cfg.batch_size,
+            "batch_tokens": embedder.batch_tokens,
+            "batch_size": embedder.batch_size,
             "num_shards": cfg.num_shards,
             "shard_index": cfg.shard_index,
         },
@@ -150,7 +150,7 @@ def check_config(cfg: EmbedConfig) -> None:
     if not cfg.to_stdout and cfg.output_format == "jsonl":
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
 
 

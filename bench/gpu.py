@@ -1,0 +1,139 @@
+"""The throughput comparison on a GPU: precisions, torch.compile, FLOP bound, utilisation.
+
+    python bench/gpu.py [--device cuda] [--rows 20000] [--rounds 3]
+    python bench/gpu.py --device cpu --rows 300 --rounds 1     # smoke run, so it cannot rot
+
+For each engine: rows/s, tokens/s, achieved TFLOP/s (about 21.5 MFLOP per real token for
+MiniLM-L6-H384: 2 x 22M weights, plus attention), its share of the device's dense peak where
+the device is known, GPU utilisation sampled from nvidia-smi while it ran, and min cosine
+against sentence-transformers fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import load_texts  # noqa: E402
+
+FLOP_PER_TOKEN = 21.5e6
+# Dense tensor-core peaks, TFLOP/s, (fp16/bf16, fp32 without TF32), from the vendors' sheets.
+PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L4": (121.0, 30.3)}
+
+
+class Utilisation(threading.Thread):
+    """Samples nvidia-smi's GPU utilisation every 100 ms while a run is timed."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.running = True
+        self.available = shutil.which("nvidia-smi") is not None
+
+    def run(self) -> None:
+        while self.running and self.available:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True, text=True,
+            ).stdout.strip()
+            if out:
+                self.samples.append(float(out.splitlines()[0]))
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        self.running = False
+        return f"{statistics.mean(self.samples):.0f}%" if self.samples else "n/a"
+
+
+def peak_for(device: str, precision: str) -> float | None:
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, (half, single) in PEAKS.items():
+        if key in name:
+            return single if precision == "fp32" else half
+    return None
+
+
+def run_engine(fn, device: str, rounds: int) -> tuple[float, np.ndarray, str]:
+    import torch
+
+    fn()  # warm-up (and compilation)
+    util = Utilisation()
+    util.start()
+    times, out = [], None
+    for _ in range(rounds):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), np.asarray(out, dtype=np.float32), util.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from minilm_cli.model import Embedder, resolve_model
+
+    texts = load_texts(args.rows)
+    path = resolve_model(None).path
+    st = SentenceTransformer(path, device=args.device)
+    st_half = SentenceTransformer(path, device=args.device, model_kwargs={"torch_dtype": torch.float16})
+    half = "fp16" if args.device.startswith(("cuda", "mps")) else "bf16"
+    engines = {
+        "sentence-transformers fp32 (batch 32)": (
+            lambda: st.encode(texts, batch_size=32, normalize_embeddings=True), "fp32"),
+        "sentence-transformers fp16 weights (batch 32)": (
+            lambda: st_half.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True).float().cpu(),
+            "fp16"),
+    }
+    for precision in ("fp32", half, "bf16", "auto"):
+        emb = Embedder(device=args.device, precision=precision)
+        engines[f"minilm-cli {precision} -> {emb.precision}"] = (lambda e=emb: e.embed(texts), emb.precision)
+    if not args.no_compile:
+        emb = Embedder(device=args.device, compile=True)
+        engines[f"minilm-cli {emb.precision} --compile"] = (lambda e=emb: e.embed(texts), emb.precision)
+
+    tokens = Embedder(device="cpu", precision="fp32").tokenize(texts).real_tokens
+    print(f"{len(texts)} rows, {tokens} real tokens, device {args.device}"
+          + (f" ({torch.cuda.get_device_name(torch.device(args.device))})" if args.device.startswith("cuda") else ""))
+    reference = None
+    header = f"{'engine':48s} {'rows/s':>9s} {'tokens/s':>11s} {'TFLOP/s':>8s} {'of peak':>8s} {'GPU util':>8s} {'min cos':>8s} {'ratio':>6s}"
+    print(header)
+    base = None
+    for name, (fn, precision) in engines.items():
+        seconds, out, util = run_engine(fn, args.device, args.rounds)
+        reference = out if reference is None else reference
+        base = base or len(texts) / seconds
+        tflops = tokens / seconds * FLOP_PER_TOKEN / 1e12
+        peak = peak_for(args.device, precision)
+        share = f"{tflops / peak:.1%}" if peak else "n/a"
+        cosine = float((out * reference).sum(axis=1).min())
+        print(f"{name:48s} {len(texts) / seconds:9.0f} {tokens / seconds:11.0f} {tflops:8.2f} {share:>8s} {util:>8s} "
+              f"{cosine:8.5f} {len(texts) / seconds / base:5.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
