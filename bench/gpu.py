@@ -43,7 +43,8 @@ class Utilisation(threading.Thread):
         while self.running and self.available:
             out = subprocess.run(
                 ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             ).stdout.strip()
             if out:
                 self.samples.append(float(out.splitlines()[0]))
@@ -85,7 +86,9 @@ def run_engine(fn, device: str, rounds: int) -> tuple[float, np.ndarray, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -104,10 +107,17 @@ def main() -> None:
     half = "fp16" if args.device.startswith(("cuda", "mps")) else "bf16"
     engines = {
         "sentence-transformers fp32 (batch 32)": (
-            lambda: st.encode(texts, batch_size=32, normalize_embeddings=True), "fp32"),
+            lambda: st.encode(texts, batch_size=32, normalize_embeddings=True),
+            "fp32",
+        ),
         "sentence-transformers fp16 weights (batch 32)": (
-            lambda: st_half.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True).float().cpu(),
-            "fp16"),
+            lambda: (
+                st_half.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True)
+                .float()
+                .cpu()
+            ),
+            "fp16",
+        ),
     }
     for precision in ("fp32", half, "bf16", "auto"):
         emb = Embedder(device=args.device, precision=precision)
@@ -117,10 +127,17 @@ def main() -> None:
         engines[f"minilm-cli {emb.precision} --compile"] = (lambda e=emb: e.embed(texts), emb.precision)
 
     tokens = Embedder(device="cpu", precision="fp32").tokenize(texts).real_tokens
-    print(f"{len(texts)} rows, {tokens} real tokens, device {args.device}"
-          + (f" ({torch.cuda.get_device_name(torch.device(args.device))})" if args.device.startswith("cuda") else ""))
+    print(
+        f"{len(texts)} rows, {tokens} real tokens, device {args.device}"
+        + (
+            f" ({torch.cuda.get_device_name(torch.device(args.device))})"
+            if args.device.startswith("cuda")
+            else ""
+        )
+    )
     reference = None
-    header = f"{'engine':48s} {'rows/s':>9s} {'tokens/s':>11s} {'TFLOP/s':>8s} {'of peak':>8s} {'GPU util':>8s} {'min cos':>8s} {'ratio':>6s}"
+    columns = ("rows/s", "tokens/s", "TFLOP/s", "of peak", "GPU util", "min cos", "ratio")
+    header = f"{'engine':48s} " + " ".join(f"{c:>9s}" for c in columns)
     print(header)
     base = None
     for name, (fn, precision) in engines.items():
@@ -131,8 +148,11 @@ def main() -> None:
         peak = peak_for(args.device, precision)
         share = f"{tflops / peak:.1%}" if peak else "n/a"
         cosine = float((out * reference).sum(axis=1).min())
-        print(f"{name:48s} {len(texts) / seconds:9.0f} {tokens / seconds:11.0f} {tflops:8.2f} {share:>8s} {util:>8s} "
-              f"{cosine:8.5f} {len(texts) / seconds / base:5.2f}x", flush=True)
+        print(
+            f"{name:48s} {len(texts) / seconds:9.0f} {tokens / seconds:9.0f} {tflops:9.2f} "
+            f"{share:>9s} {util:>9s} {cosine:9.5f} {len(texts) / seconds / base:8.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

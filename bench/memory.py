@@ -29,8 +29,13 @@ def tiny_model(folder: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(real / name, folder / name)
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -57,7 +62,9 @@ def peak_rss_mib(cmd: list[str]) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=200_000)
     parser.add_argument("--shard-rows", type=int, default=100_000)
@@ -69,8 +76,22 @@ def main() -> None:
     for rows in (args.small, args.large):
         source = work / f"rows-{rows}.txt"
         write_rows(source, rows)
-        cmd = [sys.executable, "-m", "minilm_cli.cli", "embed", str(source), "-o", str(work / f"out-{rows}"),
-               "--model", str(model), "--device", "cpu", "--shard-rows", str(args.shard_rows), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "minilm_cli.cli",
+            "embed",
+            str(source),
+            "-o",
+            str(work / f"out-{rows}"),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--shard-rows",
+            str(args.shard_rows),
+            "--quiet",
+        ]
         results[rows], _ = peak_rss_mib(cmd)
         print(f"{rows:>9,d} rows: peak RSS {results[rows]:7.1f} MiB")
     ratio = results[args.large] / results[args.small]

@@ -67,9 +67,13 @@ def engine_table(texts: list[str], device: str, rounds: int) -> list[dict]:
     tok = ours.tokenize(texts)
     tokens = tok.real_tokens
     engines = {
-        "sentence-transformers fp32 (batch 32)": lambda: st.encode(texts, batch_size=32, normalize_embeddings=True),
+        "sentence-transformers fp32 (batch 32)": lambda: st.encode(
+            texts, batch_size=32, normalize_embeddings=True
+        ),
         "sentence-transformers bf16 (batch 32)": lambda: np.asarray(
-            st_bf16.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True).float().cpu()
+            st_bf16.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True)
+            .float()
+            .cpu()
         ),
         f"minilm-cli defaults ({ours.precision})": lambda: ours.embed(texts),
     }
@@ -120,9 +124,13 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
         table = pa_json.read_json(source)
         emb = st.encode(table.column("text").to_pylist(), batch_size=32, normalize_embeddings=True)
         values = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-        pq.write_table(pa.table({"id": pa.array(np.arange(len(emb))), "embedding": values}), work / "st.parquet")
+        pq.write_table(
+            pa.table({"id": pa.array(np.arange(len(emb))), "embedding": values}), work / "st.parquet"
+        )
 
-    cfg = EmbedConfig(inputs=[str(source)], output=str(work / "ours"), device=device, overwrite=True, quiet=True)
+    cfg = EmbedConfig(
+        inputs=[str(source)], output=str(work / "ours"), device=device, overwrite=True, quiet=True
+    )
     embedder = build_embedder(cfg)
 
     def our_job() -> None:
@@ -133,7 +141,10 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
     for _ in range(rounds):
         times["sentence-transformers read+encode+write"].append(timed(st_job, 1)[0])
         times["minilm embed (run_job)"].append(timed(our_job, 1)[0])
-    return [{"engine": k, "seconds": statistics.median(v), "rows_per_s": len(texts) / statistics.median(v)} for k, v in times.items()]
+    return [
+        {"engine": k, "seconds": statistics.median(v), "rows_per_s": len(texts) / statistics.median(v)}
+        for k, v in times.items()
+    ]
 
 
 def print_table(title: str, rows: list[dict], base: float) -> None:
@@ -146,7 +157,9 @@ def print_table(title: str, rows: list[dict], base: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -156,13 +169,22 @@ def main() -> None:
     import torch
 
     texts = load_texts(args.rows)
-    print(f"{len(texts)} rows of real text ({CORPUS.name}), device {args.device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(texts)} rows of real text ({CORPUS.name}), device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     rows = engine_table(texts, args.device, args.rounds)
     base = rows[0]["rows_per_s"]
-    print_table("engine: same texts, in memory (median of rounds; ratio = rows/s over sentence-transformers fp32)", rows, base)
+    print_table(
+        "engine: same texts, in memory (median of rounds; ratio = rows/s over sentence-transformers fp32)",
+        rows,
+        base,
+    )
     if not args.skip_e2e:
         e2e = end_to_end_table(texts, args.device, args.rounds)
-        print_table("end to end: JSONL file -> Parquet (ratio over sentence-transformers)", e2e, e2e[0]["rows_per_s"])
+        print_table(
+            "end to end: JSONL file -> Parquet (ratio over sentence-transformers)", e2e, e2e[0]["rows_per_s"]
+        )
     sys.stdout.flush()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from .errors import InputError
 from .sources import CheckedRows, Reject
 
 
@@ -116,8 +117,14 @@ class _Pending:
             self.keep.append(piece.keep.slice(offset, take))
 
     def emit(self, record_end: int, shard_end: bool) -> Chunk:
-        ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.int64())
-        keep = pa.concat_tables(self.keep, promote_options="permissive") if self.keep else None
+        try:
+            ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.int64())
+            keep = pa.concat_tables(self.keep, promote_options="permissive") if self.keep else None
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            types = sorted({str(a.type) for a in self.ids})
+            raise InputError(
+                f"the id or kept columns change type between inputs ({', '.join(types)}): {exc}"
+            ) from None
         mine = [r for r in self.rejects if r.position < record_end]
         self.rejects = [r for r in self.rejects if r.position >= record_end]
         chunk = Chunk(self.texts, ids, keep, mine, self.first_row, record_end, shard_end)

@@ -37,7 +37,10 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
-            fail(f"{exc}; finished shards are kept: rerun the same command with --resume to continue", exc.exit_code)
+            fail(
+                f"{exc}; finished shards are kept: rerun the same command with --resume to continue",
+                exc.exit_code,
+            )
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command with --resume to continue", ExitCode.INTERRUPTED_SIGINT)
         except MinilmError as exc:
@@ -48,7 +51,10 @@ def handle_errors(fn: Callable) -> Callable:
             fail("out of memory: lower --batch-tokens or --chunk-size", ExitCode.RUNTIME_FAILURE)
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             text = " ".join(str(exc).split())[:300]
-            fail(f"unexpected {type(exc).__name__}: {text} (set MINILM_DEBUG=1 for a traceback)", ExitCode.RUNTIME_FAILURE)
+            fail(
+                f"unexpected {type(exc).__name__}: {text} (set MINILM_DEBUG=1 for a traceback)",
+                ExitCode.RUNTIME_FAILURE,
+            )
 
     return wrapper
 
@@ -90,8 +96,12 @@ def main() -> None:
     help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson .json-lines .parquet .txt, "
     "optionally .gz .bz2 .zst); stdin is read as jsonl if it starts with '{', else as txt.",
 )
-@click.option("--text-column", default="text", show_default=True, help="Column (or JSON field) holding the text.")
-@click.option("--id-column", help="Column copied to the output's id. Default: the 0-based row number over all inputs.")
+@click.option(
+    "--text-column", default="text", show_default=True, help="Column (or JSON field) holding the text."
+)
+@click.option(
+    "--id-column", help="Column copied to the output's id. Default: the 0-based row number over all inputs."
+)
 @click.option("--keep-columns", metavar="A,B", help="Comma-separated columns copied through to the output.")
 @click.option(
     "--model",
@@ -99,34 +109,134 @@ def main() -> None:
     help="Local folder or hub id (e.g. nreimers/MiniLM-L6-H384-uncased). Default: the packaged "
     "all-MiniLM-L6-v2, offline, sha256-checked. [env MINILM_MODEL]",
 )
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), help="Default: the model's sentence-transformers config, else mean.")
-@click.option("--normalize/--no-normalize", default=None, help="L2-normalise embeddings. Default: the model's config.")
-@click.option("--max-length", type=click.IntRange(2), help="Tokens per text; longer texts are truncated and counted. Default: the model's max_seq_length, else 512.")
-@click.option("--device", envvar="MINILM_DEVICE", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [env MINILM_DEVICE]")
+@click.option(
+    "--pooling",
+    type=click.Choice(["mean", "cls", "max"]),
+    help="Default: the model's sentence-transformers config, else mean.",
+)
+@click.option(
+    "--normalize/--no-normalize", default=None, help="L2-normalise embeddings. Default: the model's config."
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(2),
+    help="Tokens per text; longer texts are truncated and counted. "
+    "Default: the model's max_seq_length, else 512.",
+)
+@click.option(
+    "--device",
+    envvar="MINILM_DEVICE",
+    default="auto",
+    show_default=True,
+    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps. [env MINILM_DEVICE]",
+)
 @click.option(
     "--precision",
     envvar="MINILM_PRECISION",
     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
     default="auto",
     show_default=True,
-    help="Autocast precision. auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. [env MINILM_PRECISION]",
+    help="Autocast precision. auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. "
+    "[env MINILM_PRECISION]",
 )
-@click.option("--batch-size", type=click.IntRange(1), help="Most rows per forward pass. Default: 128 on CPU, 1024 on CUDA.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    help="Most rows per forward pass. Default: 128 on CPU, 1024 on CUDA.",
+)
 @click.option(
     "--batch-tokens",
     type=click.IntRange(1),
     help="Most padded tokens (rows x longest row) per forward pass. Default: 4096 on CPU, 65536 on CUDA.",
 )
-@click.option("--chunk-size", type=click.IntRange(1), default=8192, show_default=True, help="Rows read, length-sorted and embedded together.")
-@click.option("--shard-rows", type=click.IntRange(1), default=100_000, show_default=True, help="Rows per output shard.")
-@click.option("--format", "format_", type=click.Choice(["parquet", "npy", "jsonl"]), help="Output layout. Default: parquet for a directory, jsonl for -o -.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Stored embedding precision.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (only this tool's files are removed).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same OUTPUT, keeping finished shards.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="Bad rows (malformed, null, empty, not text, bad UTF-8): stop, or set aside in OUTPUT/rejects/.")
-@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True, help="Invalid UTF-8: a bad row, or replaced with U+FFFD.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (pays off only on long GPU jobs).")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model. Default: the cores this process may use.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1),
+    default=8192,
+    show_default=True,
+    help="Rows read, length-sorted and embedded together.",
+)
+@click.option(
+    "--shard-rows", type=click.IntRange(1), default=100_000, show_default=True, help="Rows per output shard."
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["parquet", "npy", "jsonl"]),
+    help="Output layout. Default: parquet for a directory, jsonl for -o -.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Stored embedding precision.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output (only this tool's files are removed)."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run into the same OUTPUT, keeping finished shards.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="Bad rows (malformed, null, empty, not text, bad UTF-8): stop, or set aside in OUTPUT/rejects/.",
+)
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(["strict", "replace"]),
+    default="strict",
+    show_default=True,
+    help="Invalid UTF-8: a bad row, or replaced with U+FFFD.",
+)
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile the model (pays off only on long GPU jobs)."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="CPU threads for the model. Default: the cores this process may use.",
+)
+@click.option(
+    "--num-shards",
+    type=click.IntRange(1),
+    envvar="MINILM_NUM_SHARDS",
+    help="Split the input into this many parts for independent runs (job arrays). Default: from "
+    "SLURM_ARRAY_TASK_COUNT or WORLD_SIZE, else 1. [env MINILM_NUM_SHARDS]",
+)
+@click.option(
+    "--shard-index",
+    type=click.IntRange(0),
+    envvar="MINILM_SHARD_INDEX",
+    help="Which part this run embeds, 0-based. Default: from SLURM_ARRAY_TASK_ID (minus "
+    "SLURM_ARRAY_TASK_MIN), JOB_COMPLETION_INDEX (Kubernetes) or RANK, else 0. [env MINILM_SHARD_INDEX]",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: run on a Ray cluster with Ray Data (pip install minilm-cli[ray]).",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="Ray cluster to join (default: a local Ray). [env RAY_ADDRESS]",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1), help="Ray engine: embedding actors (default: 1 per GPU, else 1)."
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(0),
+    default=None,
+    help="Ray engine: GPUs per actor (e.g. 0.5 packs two per GPU).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @handle_errors
 def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
@@ -137,7 +247,10 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
     2 bad input or flags, 3 OUTPUT conflict, 130/143 interrupted.
     """
     from .pipeline import run_job
+    from .sharding import shard_from_env
+    from .workers import parse_devices, run_on_devices
 
+    num_shards, shard_index = shard_from_env(opts["num_shards"], opts["shard_index"])
     cfg = EmbedConfig(
         inputs=list(inputs),
         output=output,
@@ -164,7 +277,25 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         quiet=opts["quiet"],
         compile=opts["compile_"],
         threads=opts["threads"],
+        num_shards=num_shards,
+        shard_index=shard_index,
     )
+    if opts["engine"] == "ray":
+        from .ray import run_ray_job
+
+        run_ray_job(
+            cfg,
+            address=opts["ray_address"],
+            concurrency=opts["concurrency"],
+            gpus_per_worker=opts["gpus_per_worker"],
+        )
+        return
+    devices = parse_devices(cfg.device)
+    if devices:
+        result = run_on_devices(cfg, devices)
+        if not cfg.quiet:
+            click.echo(f"{result['workers']} device workers done; manifest {result['manifest']}", err=True)
+        return
     run_job(cfg)
 
 
@@ -182,10 +313,29 @@ def verify(output: str) -> None:
         sys.exit(int(ExitCode.VERIFY_FAILED))
 
 
+@main.command("merge-manifests", context_settings=CONTEXT)
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@handle_errors
+def merge_manifests_command(output: str) -> None:
+    """Check that the manifest parts of a sharded run (manifest-I-of-N.json) cover the whole
+    input once and are complete, then write one OUTPUT/manifest.json. Exit 4 when not."""
+    from .manifest import merge_manifests
+
+    path, problems = merge_manifests(output)
+    if problems:
+        click.echo(f"cannot merge {output}: {len(problems)} problem(s):", err=True)
+        for problem in problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(int(ExitCode.VERIFY_FAILED))
+    click.echo(f"merged into {path}", err=True)
+
+
 @main.command(context_settings=CONTEXT)
 @click.option("--model", envvar="MINILM_MODEL", help="As for embed. [env MINILM_MODEL]")
 @click.option("--device", envvar="MINILM_DEVICE", default="auto", show_default=True, help="As for embed.")
-@click.option("--precision", envvar="MINILM_PRECISION", default="auto", show_default=True, help="As for embed.")
+@click.option(
+    "--precision", envvar="MINILM_PRECISION", default="auto", show_default=True, help="As for embed."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @handle_errors
 def info(model: str | None, device: str, precision: str, as_json: bool) -> None:

@@ -9,7 +9,6 @@ and inputs with it, keeps the listed shards, and continues from the last one's
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,13 @@ class Manifest:
 
     @classmethod
     def new(cls, path: Path, settings: dict, inputs: list[dict], runtime: dict) -> Manifest:
-        import torch
-
         doc = {
             "format_version": FORMAT_VERSION,
             "tool": {"name": "minilm-cli", "version": __version__},
             "status": "running",
             "settings": settings,
             "inputs": inputs,
-            "runtime": {**runtime, "torch": torch.__version__, "python": platform.python_version()},
+            "runtime": runtime,
             "shards": [],
             "totals": {},
         }
@@ -80,7 +77,8 @@ class Manifest:
         old = self.doc.get("settings", {})
         for key in sorted(set(old) | set(settings)):
             if old.get(key) != settings.get(key):
-                return f"{key} differs: manifest has {_short(old.get(key))}, this run {_short(settings.get(key))}"
+                before, now = _short(old.get(key)), _short(settings.get(key))
+                return f"{key} differs: manifest has {before}, this run {now}"
         old_inputs = self.doc.get("inputs", [])
         if len(old_inputs) != len(inputs):
             return f"inputs differ: manifest has {len(old_inputs)} files, this run {len(inputs)}"
@@ -109,7 +107,7 @@ def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
     """
     root = Path(root)
     paths = []
-    parts = [root / "manifest.json"] if (root / "manifest.json").exists() else sorted(root.glob("manifest-*-of-*.json"))
+    parts = [root / "manifest.json"] if (root / "manifest.json").exists() else manifest_parts(root)
     for part in parts:
         for shard in Manifest.load(part).shards:
             files = shard["files"]
@@ -124,3 +122,46 @@ def open_dataset(root: str | Path) -> Any:
     import pyarrow.dataset as ds
 
     return ds.dataset([str(p) for p in finished_files(root)], format="parquet")
+
+
+def manifest_parts(root: Path) -> list[Path]:
+    return sorted(Path(root).glob("manifest-*-of-*.json"))
+
+
+def merge_manifests(root: str | Path) -> tuple[Path, list[str]]:
+    """Check that the parts of a sharded run tile the input and are complete; if so, write
+    one OUTPUT/manifest.json listing every shard. Returns (path, problems)."""
+    from .sharding import coverage_problems
+
+    root = Path(root)
+    paths = manifest_parts(root)
+    if not paths:
+        raise OutputConflict(f"{root} holds no manifest-*-of-*.json parts to merge")
+    docs = [Manifest.load(p).doc for p in paths]
+    problems = coverage_problems(docs)
+    problems += [
+        f"{p.name}: run is {d.get('status')!r}, not complete"
+        for p, d in zip(paths, docs)
+        if d.get("status") != "complete"
+    ]
+    target = root / "manifest.json"
+    if problems:
+        return target, problems
+    docs.sort(key=lambda d: d["settings"]["plan"]["shard_index"])
+    merged = Manifest.new(target, docs[0]["settings"], docs[0]["inputs"], docs[0]["runtime"])
+    merged.doc["settings"] = {
+        **docs[0]["settings"],
+        "plan": {**docs[0]["settings"]["plan"], "shard_index": None},
+    }
+    merged.doc["parts"] = [p.name for p in paths]
+    row = 0
+    for doc in docs:
+        for shard in doc["shards"]:
+            merged.shards.append({**shard, "first_row": row, "part": doc["settings"]["plan"]["shard_index"]})
+            row += shard["rows"]
+    totals: dict[str, Any] = {}
+    for key in ("rows", "rejected", "truncated", "shards", "tokens", "padded_tokens"):
+        totals[key] = sum(d["totals"].get(key, 0) for d in docs)
+    totals["seconds"] = max(d["totals"].get("seconds", 0) for d in docs)
+    merged.finish("complete", totals)
+    return target, []

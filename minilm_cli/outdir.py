@@ -54,7 +54,9 @@ class OutputDir:
 
     def is_empty(self) -> bool:
         if self.prefix == "part-":  # a single run owns the whole directory
-            return not any(p for p in self.root.iterdir() if p != self.lock_path and not p.name.startswith("."))
+            return not any(
+                p for p in self.root.iterdir() if p != self.lock_path and not p.name.startswith(".")
+            )
         return not self.own_files()
 
     def prepare(self, overwrite: bool, resume: bool) -> Manifest | None:
@@ -67,7 +69,9 @@ class OutputDir:
         if self.is_empty():
             return None
         if resume:
-            raise OutputConflict(f"--resume: {self.manifest_path} not found, so {self.root} is not a minilm output")
+            raise OutputConflict(
+                f"--resume: {self.manifest_path} not found, so {self.root} is not a minilm output"
+            )
         if not overwrite:
             raise OutputConflict(
                 f"OUTPUT {self.root} is not empty: add --resume to continue it or --overwrite to replace it"

@@ -31,6 +31,7 @@ from .errors import InputError, Interrupted, OutputConflict
 from .manifest import Manifest, manifest_name
 from .model import Embedder
 from .outdir import OutputDir
+from .sharding import count_records, plan_splits
 from .sinks import JsonLinesWriter, ShardWriter
 from .sources import CheckedRows, Columns, InputFile, check_rows, read_file, resolve_inputs
 
@@ -70,10 +71,10 @@ class JobResult:
 
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
+        padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
         return (
             f"embedded {self.rows} rows{shards}; {self.rejected} rejected, {self.truncated} truncated; "
-            f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s, "
-            f"padding efficiency {self.padding_efficiency:.0%}"
+            f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}"
         )
 
 
@@ -124,18 +125,38 @@ def run_job(
     cfg: EmbedConfig,
     embedder: Embedder | None = None,
     log: Callable[[str], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> JobResult:
-    """Embed every input row of ``cfg`` into its output; the CLI's `minilm embed`."""
+    """Embed every input row of ``cfg`` into its output; the CLI's `minilm embed`.
+
+    ``on_rows`` is told how many rows each embedded chunk held (for a caller's own progress).
+    """
+    return run_job_with(cfg, embedder, None, log, on_rows)
+
+
+def run_job_with(
+    cfg: EmbedConfig,
+    embedder: Embedder | None,
+    produce: Callable[[int, int], Iterable[tuple[Chunk, np.ndarray]]] | None,
+    log: Callable[[str], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> JobResult:
+    """run_job, with embedded chunks from ``produce(first_row, first_record)`` when given
+    (the Ray engine) instead of the local reader thread and model."""
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     check_config(cfg)
     files = resolve_inputs(cfg.inputs, cfg.input_format)
     embedder = embedder or build_embedder(cfg)
+    run = _Run(cfg, embedder, files, log, on_rows)
+    if produce is not None:
+        run.produce = produce
     if cfg.to_stdout:
-        return _Run(cfg, embedder, files, log).to_stdout()
-    outdir = OutputDir(cfg.output, manifest_name=manifest_name(cfg.shard_index, cfg.num_shards))
+        return run.to_stdout()
+    prefix = "part-" if cfg.num_shards == 1 else f"part-{cfg.shard_index:05d}-"
+    outdir = OutputDir(cfg.output, prefix, manifest_name(cfg.shard_index, cfg.num_shards))
     outdir.acquire()
     try:
-        return _Run(cfg, embedder, files, log).to_directory(outdir)
+        return run.to_directory(outdir)
     finally:
         outdir.release()
 
@@ -157,12 +178,30 @@ def check_config(cfg: EmbedConfig) -> None:
 class _Run:
     """The state of one run: its threads, counters, and where it writes."""
 
-    def __init__(self, cfg: EmbedConfig, embedder: Embedder, files: list[InputFile], log: Callable) -> None:
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        embedder: Embedder,
+        files: list[InputFile],
+        log: Callable,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.on_rows = on_rows
+        # Where embedded chunks come from: here, or a Ray cluster (minilm_cli.ray).
+        self.produce: Callable[[int, int], Iterable[tuple[Chunk, np.ndarray]]] = self.embed_locally
         self.embedder = embedder
         self.files = files
         self.log = log
         self.result = JobResult(output=cfg.output)
+        plan = plan_splits(files, cfg.num_shards)
+        self.splits = plan[cfg.shard_index]
+        self.record_start = 0
+        self.record_end = 0
+        if cfg.num_shards > 1:
+            columns = self._columns()
+            before = [s for rank in plan[: cfg.shard_index] for s in rank]
+            self.record_start = count_records(before, columns, cfg.encoding_errors)
         self.stop = threading.Event()
         self.timers = {"read": 0.0, "model": 0.0, "write": 0.0}
 
@@ -177,7 +216,7 @@ class _Run:
             writer.write(chunk, embeddings)
             self._count(chunk)
 
-        self._execute(write, first_row=0, first_record=0)
+        self._execute(write, first_row=0, first_record=self.record_start)
         return self._finish()
 
     def to_directory(self, outdir: OutputDir) -> JobResult:
@@ -192,7 +231,12 @@ class _Run:
             manifest = existing
         else:
             manifest = Manifest.new(outdir.manifest_path, settings, inputs, self._runtime())
+            manifest.doc["assignment"] = {
+                "splits": [s.to_json() for s in self.splits],
+                "record_start": self.record_start,
+            }
         next_shard, first_row, first_record = manifest.resume_point()
+        first_record = max(first_record, self.record_start)
         self._count_finished(manifest)
         if existing is not None and manifest.doc.get("status") == "complete":
             self.log(f"{outdir.root} is already complete; nothing to do")
@@ -202,7 +246,9 @@ class _Run:
         manifest.doc["status"] = "running"
         manifest.doc["runtime"] = self._runtime()
         manifest.save()
-        sink = ShardWriter(outdir.root, cfg.output_format, cfg.dtype, prefix=outdir.prefix, first_index=next_shard)
+        sink = ShardWriter(
+            outdir.root, cfg.output_format, cfg.dtype, prefix=outdir.prefix, first_index=next_shard
+        )
 
         def write(chunk: Chunk, embeddings: np.ndarray) -> None:
             record = sink.write(chunk, embeddings)
@@ -219,6 +265,7 @@ class _Run:
             self._close_manifest(manifest, exc)
             raise
         result = self._finish()
+        manifest.doc["assignment"]["record_end"] = self.record_end
         manifest.finish("complete", result.totals())
         return result
 
@@ -226,25 +273,25 @@ class _Run:
 
     def _execute(self, write: Callable[[Chunk, np.ndarray], None], first_row: int, first_record: int) -> None:
         started = time.perf_counter()
-        reader = _Producer(lambda: self._read_chunks(first_row, first_record), self.stop, "minilm-reader")
         writer = _Consumer(self._timed("write", write), self.stop, "minilm-writer")
         progress = self._progress()
         previous = _install_signal_handlers()
         tokens = 0
         try:
-            for chunk in reader:
-                t = time.perf_counter()
-                embeddings = self.embedder.run(chunk.tokens) if chunk.tokens else _empty(self.embedder.dim)
-                self.timers["model"] += time.perf_counter() - t
+            for chunk, embeddings in self.produce(first_row, first_record):
+                self.record_end = chunk.record_end
                 writer.put((chunk, embeddings))
                 tokens += chunk.tokens.real_tokens if chunk.tokens else 0
                 progress.update(len(chunk))
-                progress.set_postfix_str(f"{tokens / (time.perf_counter() - started):.0f} tokens/s", refresh=False)
+                if self.on_rows is not None:
+                    self.on_rows(len(chunk))
+                progress.set_postfix_str(
+                    f"{tokens / (time.perf_counter() - started):.0f} tokens/s", refresh=False
+                )
             writer.close()
         except BaseException:
             self.stop.set()
             writer.join()
-            reader.join()
             raise
         finally:
             _restore_signal_handlers(previous)
@@ -252,9 +299,29 @@ class _Run:
             self.result.seconds = time.perf_counter() - started
             self.result.stage_seconds = {k: round(v, 3) for k, v in self.timers.items()}
 
+    def embed_locally(self, first_row: int, first_record: int) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """The reader thread's chunks through the model, on this (the main) thread."""
+        reader_stop = threading.Event()
+        reader = _Producer(lambda: self._read_chunks(first_row, first_record), reader_stop, "minilm-reader")
+        try:
+            for chunk in reader:
+                t = time.perf_counter()
+                embeddings = self.embedder.run(chunk.tokens) if chunk.tokens else _empty(self.embedder.dim)
+                self.timers["model"] += time.perf_counter() - t
+                yield chunk, embeddings
+        finally:
+            reader_stop.set()
+            reader.join()
+
     def _read_chunks(self, first_row: int, first_record: int) -> Iterator[Chunk]:
         """The reader thread: every input file, checked, chunked, tokenized."""
-        chunks = chunk_rows(self._checked_rows(first_record), self.cfg.chunk_size, self.cfg.shard_rows, first_row, first_record)
+        chunks = chunk_rows(
+            self._checked_rows(first_record),
+            self.cfg.chunk_size,
+            self.cfg.shard_rows,
+            first_row,
+            first_record,
+        )
         for chunk in chunks:
             t = time.perf_counter()
             if chunk.texts:
@@ -262,19 +329,23 @@ class _Run:
             self.timers["read"] += time.perf_counter() - t
             yield chunk
 
+    def _columns(self) -> Columns:
+        return Columns(self.cfg.text_column, self.cfg.id_column, tuple(self.cfg.keep_columns))
+
     def _checked_rows(self, skip_records: int) -> Iterator[CheckedRows]:
         cfg = self.cfg
-        columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
-        record = 0
-        for f in self.files:
-            for raw in read_file(f, columns, cfg.chunk_size, cfg.encoding_errors):
+        columns = self._columns()
+        record = self.record_start
+        for split in self.splits:
+            part = None if split.kind == "whole" else split
+            for raw in read_file(split.file, columns, cfg.chunk_size, cfg.encoding_errors, part):
                 end = record + len(raw)
                 if end < skip_records or (len(raw) and end == skip_records):
                     record = end  # already in a finished shard (resume): read past it
                     continue
                 checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
                 record = end
-                yield checked.drop_before(skip_records) if skip_records else checked
+                yield checked.drop_before(skip_records) if skip_records > checked.first_record else checked
 
     def _timed(self, stage: str, fn: Callable) -> Callable:
         def timed(item: tuple) -> None:
@@ -318,11 +389,26 @@ class _Run:
             pass  # disk full: the last good manifest stays, listing every finished shard
 
     def _runtime(self) -> dict[str, Any]:
-        return {"device": str(self.embedder.device), "compile": self.embedder.compiled}
+        """How this run (or this resumed part of it) ran; not compared on --resume."""
+        import platform
+
+        import torch
+        import transformers
+
+        return {
+            "engine": "ray" if self.produce != self.embed_locally else "local",
+            "device": str(self.embedder.device),
+            "compile": self.embedder.compiled,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        }
 
     def _progress(self) -> tqdm:
         disable = self.cfg.quiet or not sys.stderr.isatty()
-        return tqdm(total=None, unit=" rows", desc="embedding", file=sys.stderr, disable=disable, dynamic_ncols=True)
+        return tqdm(
+            total=None, unit=" rows", desc="embedding", file=sys.stderr, disable=disable, dynamic_ncols=True
+        )
 
 
 def _empty(dim: int) -> np.ndarray:
@@ -398,7 +484,7 @@ class _Consumer(threading.Thread):
                 return
             except queue.Full:
                 if not self.is_alive():
-                    raise self.error or RuntimeError("writer stopped")
+                    raise self.error or RuntimeError("writer stopped") from None
 
     def close(self) -> None:
         self.put(_DONE)
@@ -433,4 +519,3 @@ def _install_signal_handlers() -> dict | None:
 def _restore_signal_handlers(previous: dict | None) -> None:
     for sig, old in (previous or {}).items():
         signal.signal(sig, old)
-

@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +73,9 @@ def metadata_table(chunk: Chunk) -> pa.Table:
 class ShardWriter:
     """Writes shards ``{prefix}{index:05d}`` of one layout under OUTPUT, one at a time."""
 
-    def __init__(self, root: Path, layout: str, dtype: str, prefix: str = "part-", first_index: int = 0) -> None:
+    def __init__(
+        self, root: Path, layout: str, dtype: str, prefix: str = "part-", first_index: int = 0
+    ) -> None:
         self.root = root
         self.layout = layout
         self.dtype = dtype
@@ -230,7 +232,11 @@ class _NpyAppender:
 
     def _write_header(self, rows: int) -> int:
         self.file.seek(0)
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, self.dim)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (rows, self.dim),
+        }
         np.lib.format.write_array_header_1_0(self.file, header)
         return self.file.tell()
 

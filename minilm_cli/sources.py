@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
+import io
 import json
 import os
 import sys
@@ -74,6 +75,27 @@ class Columns:
     def wanted(self) -> list[str]:
         names = [self.text] + ([self.id] if self.id else []) + list(self.keep)
         return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A part of one input that one worker reads: the whole file, a byte range of a text
+    format (records belong to the range holding their first byte), or Parquet row groups."""
+
+    file: InputFile
+    kind: str = "whole"  # "whole", "bytes" or "row_groups"
+    start: int = 0
+    end: int = 0
+    extent: int = 0  # the file's bytes, or its row groups: what the splits of a file must tile
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.file.path,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "extent": self.extent,
+        }
 
 
 @dataclass
@@ -175,9 +197,7 @@ def _describe(path: str, input_format: str | None) -> InputFile:
     fmt, compression = split_extension(path)
     fmt = input_format or fmt
     if fmt is None:
-        raise InputError(
-            f"cannot tell the format of {path}: use --input-format {'|'.join(FORMATS)}"
-        )
+        raise InputError(f"cannot tell the format of {path}: use --input-format {'|'.join(FORMATS)}")
     if fmt == "parquet" and compression:
         raise InputError(f"{path}: Parquet is compressed inside the file; decompress it first")
     stat = os.stat(path)
@@ -188,16 +208,23 @@ def _describe(path: str, input_format: str | None) -> InputFile:
 
 
 def read_file(
-    f: InputFile, columns: Columns, block_rows: int, encoding_errors: str = "strict"
+    f: InputFile,
+    columns: Columns,
+    block_rows: int,
+    encoding_errors: str = "strict",
+    split: Split | None = None,
 ) -> Iterator[RawRows]:
-    """Stream one input as RawRows of at most ``block_rows`` records (CSV: one parse block)."""
+    """Stream one input (or one split of it) as RawRows of at most ``block_rows`` records
+    (CSV: one parse block)."""
     try:
         if f.is_stdin:
             yield from _read_stdin(f, columns, block_rows, encoding_errors)
-        elif f.format in ("csv", "tsv"):
-            yield from _read_csv(f, f.path, columns)
         elif f.format == "parquet":
-            yield from _read_parquet(f, columns, block_rows)
+            yield from _read_parquet(f, columns, block_rows, split)
+        elif split is not None and split.kind == "bytes":
+            yield from _read_byte_range(f, columns, block_rows, encoding_errors, split)
+        elif f.format in ("csv", "tsv"):
+            yield from _read_csv(f, f.path, columns)  # pyarrow decompresses by extension
         elif f.format == "jsonl":
             with _open_binary(f) as stream:
                 yield from _read_jsonl(f, stream, columns, block_rows, encoding_errors)
@@ -214,9 +241,7 @@ def read_file(
         raise InputError(f"{f.path}: cannot read as {f.format}: {_one_line(exc)}") from None
 
 
-def _read_stdin(
-    f: InputFile, columns: Columns, block_rows: int, encoding_errors: str
-) -> Iterator[RawRows]:
+def _read_stdin(f: InputFile, columns: Columns, block_rows: int, encoding_errors: str) -> Iterator[RawRows]:
     stream = sys.stdin.buffer
     fmt = f.format
     if fmt == "auto":
@@ -241,6 +266,86 @@ def _open_binary(f: InputFile) -> IO[bytes]:
     if f.compression == "zstd":
         return pa.CompressedInputStream(pa.OSFile(f.path), "zstd")
     return open(f.path, "rb")
+
+
+class ByteRange(io.RawIOBase):
+    """The lines of a file whose first byte lies in [start, end), as a readable stream."""
+
+    def __init__(self, path: str, start: int, end: int) -> None:
+        self.fh = open(path, "rb")
+        if start > 0:
+            self.fh.seek(start - 1)
+            self.fh.readline()  # on to the first line that starts at or after ``start``
+        self.begin = self.fh.tell()
+        self.end = end
+        self.done = False
+
+    def lines_before(self) -> int:
+        """Newlines before the range: its first line's number is this plus one."""
+        count, left = 0, self.begin
+        with open(self.fh.name, "rb") as f:
+            while left > 0:
+                block = f.read(min(READ_BLOCK_BYTES, left))
+                count += block.count(b"\n")
+                left -= len(block)
+        return count
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        position = self.fh.tell()
+        if self.done or position >= self.end:
+            self.done = True
+            return b""
+        want = self.end - position if size is None or size < 0 else min(size, self.end - position)
+        data = self.fh.read(want)
+        if self.fh.tell() >= self.end or not data:
+            if data and not data.endswith(b"\n"):
+                data += self.fh.readline()  # the last line started inside the range: finish it
+            self.done = True
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _read_byte_range(
+    f: InputFile, columns: Columns, block_rows: int, encoding_errors: str, split: Split
+) -> Iterator[RawRows]:
+    stream = ByteRange(f.path, split.start, split.end)
+    try:
+        first_line = stream.lines_before()
+        if f.format in ("csv", "tsv"):
+            schema = _csv_schema(f, columns)
+            yield from _read_csv(
+                f,
+                stream,
+                columns,
+                schema=schema,
+                first_row=max(first_line - 1, 0),
+                skip_header=stream.begin == 0,
+            )
+        elif f.format == "jsonl":
+            yield from _read_jsonl(f, stream, columns, block_rows, encoding_errors, first_line)
+        else:
+            yield from _read_txt(f, stream, block_rows, first_line)
+    finally:
+        stream.close()
+
+
+def _csv_schema(f: InputFile, columns: Columns) -> pa.Schema:
+    """The types a whole-file read would infer (from the first block), for a range to reuse."""
+    reader = pa_csv.open_csv(f.path, **_csv_options(f, columns))
+    schema = reader.schema
+    reader.close()
+    return schema
 
 
 def _iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
@@ -279,29 +384,54 @@ def _split_table(f: InputFile, table: pa.Table, columns: Columns) -> dict[str, A
     }
 
 
-def _read_csv(f: InputFile, source: Any, columns: Columns) -> Iterator[RawRows]:
+def _csv_options(
+    f: InputFile,
+    columns: Columns,
+    on_invalid_row: Any = None,
+    schema: pa.Schema | None = None,
+    skip_header: bool = False,
+) -> dict[str, Any]:
+    read = {"use_threads": False, "block_size": READ_BLOCK_BYTES}
+    types: dict[str, pa.DataType] = {}
+    if schema is not None:  # a byte range: no header of its own; the whole file's names and types
+        read.update(column_names=schema.names, skip_rows=1 if skip_header else 0)
+        types = dict(zip(schema.names, schema.types))
+    # Binary, so that invalid UTF-8 becomes a row-level decision, not a file-level crash.
+    types[columns.text] = pa.binary()
+    return {
+        "read_options": pa_csv.ReadOptions(**read),
+        "parse_options": pa_csv.ParseOptions(
+            delimiter="\t" if f.format == "tsv" else ",",
+            # Inside a byte range a quoted newline cannot be told from a record boundary:
+            # there it makes a visibly malformed row instead of a silently merged one.
+            newlines_in_values=schema is None,
+            invalid_row_handler=on_invalid_row,
+        ),
+        "convert_options": pa_csv.ConvertOptions(column_types=types),
+    }
+
+
+def _read_csv(
+    f: InputFile,
+    source: Any,
+    columns: Columns,
+    schema: pa.Schema | None = None,
+    first_row: int = 0,
+    skip_header: bool = False,
+) -> Iterator[RawRows]:
     parse_rejects: list[Reject] = []
 
     def on_invalid_row(row: Any) -> str:
-        number = row.number - 1 if row.number is not None else None  # pyarrow counts the header
+        # pyarrow counts the header as row 1 when it reads one
+        number = first_row + row.number - (0 if schema is not None and not skip_header else 1)
         reason = f"expected {row.expected_columns} columns, got {row.actual_columns}"
         parse_rejects.append(Reject(f.path, "row", number, reason, row.text))
         return "skip"
 
-    reader = pa_csv.open_csv(
-        source,
-        read_options=pa_csv.ReadOptions(use_threads=False, block_size=READ_BLOCK_BYTES),
-        parse_options=pa_csv.ParseOptions(
-            delimiter="\t" if f.format == "tsv" else ",",
-            newlines_in_values=True,
-            invalid_row_handler=on_invalid_row,
-        ),
-        # Binary, so that invalid UTF-8 becomes a row-level decision, not a file-level crash.
-        convert_options=pa_csv.ConvertOptions(column_types={columns.text: pa.binary()}),
-    )
+    reader = pa_csv.open_csv(source, **_csv_options(f, columns, on_invalid_row, schema, skip_header))
     present = reader.schema.names
     _check_columns(f, columns, present)
-    row = 0
+    row = first_row
     for batch in reader:
         table = pa.Table.from_batches([batch]).select(columns.wanted)
         n = table.num_rows
@@ -318,7 +448,7 @@ def _read_csv(f: InputFile, source: Any, columns: Columns) -> Iterator[RawRows]:
         yield RawRows(f, [], [], parse_rejects=parse_rejects[:])
 
 
-def _read_parquet(f: InputFile, columns: Columns, block_rows: int) -> Iterator[RawRows]:
+def _read_parquet(f: InputFile, columns: Columns, block_rows: int, split: Split | None) -> Iterator[RawRows]:
     pf = pq.ParquetFile(f.path)
     present = pf.schema_arrow.names
     _check_columns(f, columns, present)
@@ -326,8 +456,11 @@ def _read_parquet(f: InputFile, columns: Columns, block_rows: int) -> Iterator[R
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         if not (pa.types.is_binary(text_type) or pa.types.is_large_binary(text_type)):
             raise InputError(f"{f.path}: text column '{columns.text}' is {text_type}, not a string")
-    row = 0
-    for batch in pf.iter_batches(batch_size=block_rows, columns=columns.wanted):
+    groups = list(range(pf.num_row_groups))
+    if split is not None and split.kind == "row_groups":
+        groups = groups[split.start : split.end]
+    row = sum(pf.metadata.row_group(g).num_rows for g in range(groups[0])) if groups else 0
+    for batch in pf.iter_batches(batch_size=block_rows, columns=columns.wanted, row_groups=groups):
         table = pa.Table.from_batches([batch])
         n = table.num_rows
         yield RawRows(
@@ -340,14 +473,19 @@ def _read_parquet(f: InputFile, columns: Columns, block_rows: int) -> Iterator[R
 
 
 def _read_jsonl(
-    f: InputFile, stream: IO[bytes], columns: Columns, block_rows: int, encoding_errors: str
+    f: InputFile,
+    stream: IO[bytes],
+    columns: Columns,
+    block_rows: int,
+    encoding_errors: str,
+    first_line: int = 0,
 ) -> Iterator[RawRows]:
     objects: list[dict] = []
     lines: list[str] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
     checked = False
-    for number, line in enumerate(_iter_lines(stream), start=1):
+    for number, line in enumerate(_iter_lines(stream), start=first_line + 1):
         if not line.strip():
             continue  # blank lines separate nothing in JSON lines; they are not records
         obj, reason = _parse_json_object(line, encoding_errors)
@@ -413,10 +551,10 @@ def _json_rows(
     )
 
 
-def _read_txt(f: InputFile, stream: IO[bytes], block_rows: int) -> Iterator[RawRows]:
+def _read_txt(f: InputFile, stream: IO[bytes], block_rows: int, first_line: int = 0) -> Iterator[RawRows]:
     texts: list[bytes] = []
     numbers: list[int] = []
-    for number, line in enumerate(_iter_lines(stream), start=1):
+    for number, line in enumerate(_iter_lines(stream), start=first_line + 1):
         texts.append(line)
         numbers.append(number)
         if len(texts) >= block_rows:
@@ -463,9 +601,7 @@ class CheckedRows:
         )
 
 
-def check_rows(
-    raw: RawRows, first_record: int, encoding_errors: str, on_error: str
-) -> CheckedRows:
+def check_rows(raw: RawRows, first_record: int, encoding_errors: str, on_error: str) -> CheckedRows:
     """Decide for each record whether it can be embedded; ``first_record`` numbers default ids."""
     rejects = list(raw.parse_rejects)
     for r in rejects:
@@ -474,7 +610,7 @@ def check_rows(
     good: list[int] = []
     null_ids = raw.ids.is_null().to_pylist() if raw.ids is not None else None
     for i, value in enumerate(raw.texts):
-        text, reason = _check_text(value, encoding_errors)
+        text, reason = check_text(value, encoding_errors)
         if reason is None and null_ids is not None and null_ids[i]:
             reason = "null id"
         if reason is None:
@@ -498,7 +634,8 @@ def check_rows(
     return CheckedRows(texts, ids, keep, positions, rejects, first_record, n)
 
 
-def _check_text(value: Any, encoding_errors: str) -> tuple[str | None, str | None]:
+def check_text(value: Any, encoding_errors: str) -> tuple[str | None, str | None]:
+    """(text, None) when ``value`` can be embedded, else (None, the reason it cannot)."""
     if value is None:
         return None, "null text"
     if isinstance(value, bytes):

@@ -13,7 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import OutputConflict
+from .manifest import manifest_parts
 from .model import sha256_file
+from .sharding import coverage_problems
 
 
 @dataclass
@@ -30,7 +32,9 @@ class VerifyReport:
         return not self.problems
 
     def text(self) -> str:
-        head = f"{self.root}: {self.shards} shard(s), {self.rows} rows, {self.rejected} rejected, dim {self.dim}"
+        head = (
+            f"{self.root}: {self.shards} shard(s), {self.rows} rows, {self.rejected} rejected, dim {self.dim}"
+        )
         if self.ok:
             return f"ok: {head}"
         lines = [f"FAILED: {head}; {len(self.problems)} problem(s):"]
@@ -42,7 +46,7 @@ def find_manifests(root: Path) -> list[Path]:
     single = root / "manifest.json"
     if single.exists():
         return [single]
-    return sorted(root.glob("manifest-*-of-*.json"))
+    return manifest_parts(root)
 
 
 def verify_output(root: str | Path) -> VerifyReport:
@@ -53,13 +57,17 @@ def verify_output(root: str | Path) -> VerifyReport:
         raise OutputConflict(f"{root} holds no manifest.json: not a minilm output")
     report = VerifyReport(root)
     ids_seen: set[Any] = set()
+    docs = []
     for path in manifests:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             report.problems.append(f"{path.name}: unreadable ({exc})")
             continue
+        docs.append(doc)
         _verify_manifest(root, path.name, doc, report, ids_seen)
+    if manifests and manifests[0].name != "manifest.json":  # the parts of a sharded run
+        report.problems += coverage_problems(docs)
     _find_orphans(root, manifests, report)
     return report
 
@@ -75,7 +83,9 @@ def _verify_manifest(root: Path, name: str, doc: dict, report: VerifyReport, ids
         report.rows += shard["rows"]
         report.rejected += shard["rejected"]
         if shard["first_row"] != next_row:
-            report.problems.append(f"shard {shard['index']}: starts at row {shard['first_row']}, expected {next_row}")
+            report.problems.append(
+                f"shard {shard['index']}: starts at row {shard['first_row']}, expected {next_row}"
+            )
         next_row = shard["first_row"] + shard["rows"]
         problems = _verify_shard(root, shard, settings, ids_seen)
         report.problems += [f"shard {shard['index']}: {p}" for p in problems]
@@ -86,7 +96,7 @@ def _verify_manifest(root: Path, name: str, doc: dict, report: VerifyReport, ids
 
 def _verify_shard(root: Path, shard: dict, settings: dict, ids_seen: set) -> list[str]:
     problems = []
-    for role, rec in shard["files"].items():
+    for rec in shard["files"].values():
         path = root / rec["path"]
         if not path.exists():
             problems.append(f"{rec['path']} is missing")
@@ -102,7 +112,9 @@ def _verify_shard(root: Path, shard: dict, settings: dict, ids_seen: set) -> lis
         return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
     rows = shard["rows"]
     if embeddings.shape[0] != rows or meta.num_rows != rows:
-        problems.append(f"holds {embeddings.shape[0]} embeddings and {meta.num_rows} id rows, manifest says {rows}")
+        problems.append(
+            f"holds {embeddings.shape[0]} embeddings and {meta.num_rows} id rows, manifest says {rows}"
+        )
     if rows and embeddings.shape[1] != settings.get("dim"):
         problems.append(f"dim {embeddings.shape[1]}, manifest says {settings.get('dim')}")
     bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0

@@ -1,0 +1,236 @@
+"""The Ray Data engine: the same Embedder, run by Ray actors, written to the same layout.
+
+    minilm embed data/*.parquet -o out/ --engine ray [--ray-address ADDR] [--concurrency N]
+
+Ray reads the inputs (read_parquet, read_csv, read_json, read_text), ``map_batches`` runs
+``EmbedBatches`` (one Embedder per actor: tokenize, length-sorted token-budget batches, model,
+pooling, exactly as locally), and the driver streams the results, in input order, through
+the local engine's chunking, ShardWriter and manifest. So ``minilm verify`` and every
+reader treat the output like any other.
+
+For your own Ray pipelines: ``embed_dataset(ds, text_column="text", ...)`` returns ``ds`` with
+an ``embedding`` column (null where the row was rejected) and a ``reject_reason`` column.
+Ray is an optional extra: ``pip install minilm-cli[ray]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .batching import Chunk, chunk_rows
+from .config import EmbedConfig
+from .errors import InputError
+from .pipeline import JobResult, build_embedder, run_job_with
+from .sources import CheckedRows, Reject, check_text, resolve_inputs
+
+READERS = {
+    "parquet": "read_parquet",
+    "csv": "read_csv",
+    "tsv": "read_csv",
+    "jsonl": "read_json",
+    "txt": "read_text",
+}
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--engine ray needs Ray: pip install 'minilm-cli[ray]'") from None
+    return ray
+
+
+class EmbedBatches:
+    """A Ray Data callable class: builds the Embedder once per actor, embeds pyarrow batches."""
+
+    def __init__(self, text_column: str, encoding_errors: str = "strict", **embedder_options: Any) -> None:
+        from .model import Embedder
+
+        self.text_column = text_column
+        self.encoding_errors = encoding_errors
+        self.embedder = Embedder(**embedder_options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts, reasons = [], []
+        for value in batch.column(self.text_column).to_pylist():
+            text, reason = check_text(value, self.encoding_errors)
+            reasons.append(reason)
+            if reason is None:
+                texts.append(text)
+        good = np.array([r is None for r in reasons], dtype=bool)
+        vectors = self.embedder.embed(texts)
+        full = np.zeros((len(reasons), self.embedder.dim), dtype=np.float32)
+        full[good] = vectors
+        values = pa.array(full.reshape(-1))
+        embedding = pa.FixedSizeListArray.from_arrays(values, self.embedder.dim, mask=pa.array(~good))
+        return batch.append_column("embedding", embedding).append_column(
+            "reject_reason", pa.array(reasons, pa.string())
+        )
+
+
+def embed_dataset(
+    ds: Any,
+    text_column: str = "text",
+    *,
+    concurrency: int | None = None,
+    gpus_per_worker: float | None = None,
+    batch_rows: int = 8192,
+    encoding_errors: str = "strict",
+    **embedder_options: Any,
+) -> Any:
+    """``ds`` plus ``embedding`` and ``reject_reason`` columns, embedded by actors.
+
+    ``embedder_options`` are Embedder's: model, device, precision, pooling, normalize,
+    max_length, batch_size, batch_tokens. ``batch_rows`` rows are sorted and batched together.
+    """
+    ray = _ray()
+    gpus = gpus_per_worker or 0
+    if gpus and embedder_options.get("device", "auto") == "auto":
+        embedder_options["device"] = "cuda"
+    return ds.map_batches(
+        EmbedBatches,
+        fn_constructor_kwargs={
+            "text_column": text_column,
+            "encoding_errors": encoding_errors,
+            **embedder_options,
+        },
+        batch_size=batch_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=concurrency or 1),
+        num_gpus=gpus,
+        zero_copy_batch=True,
+    )
+
+
+def read_inputs(cfg: EmbedConfig) -> Any:
+    """One Ray Dataset over the inputs, in input order."""
+    ray = _ray()
+    files = resolve_inputs(cfg.inputs, cfg.input_format)
+    formats = {f.format for f in files}
+    if "-" in cfg.inputs or len(formats) != 1:
+        raise InputError("--engine ray reads files of one format (not stdin); run one job per format")
+    (fmt,) = formats
+    paths = [f.path for f in files]
+    if fmt == "txt":
+        ds = ray.data.read_text(paths)
+        if cfg.text_column != "text":
+            ds = ds.rename_columns({"text": cfg.text_column})
+        return ds
+    if fmt in ("csv", "tsv"):
+        import pyarrow.csv as pa_csv
+
+        return ray.data.read_csv(
+            paths, parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+        )
+    if fmt == "jsonl":
+        return ray.data.read_json(paths, lines=True)
+    columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + list(cfg.keep_columns)
+    return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)))
+
+
+def run_ray_job(
+    cfg: EmbedConfig,
+    address: str | None = None,
+    concurrency: int | None = None,
+    gpus_per_worker: float | None = None,
+) -> JobResult:
+    """`minilm embed --engine ray`: embed on Ray, write shards and manifest on the driver."""
+    ray = _ray()
+    if cfg.resume or cfg.num_shards != 1 or cfg.to_stdout:
+        raise InputError("--engine ray writes a fresh directory: no --resume, --num-shards or -o -")
+    import logging
+    import sys
+
+    ray.init(
+        address=address,
+        ignore_reinit_error=True,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows come back in input order
+    context.enable_progress_bars = not cfg.quiet and sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ds = read_inputs(cfg)
+    # The driver resolves the model once, for the manifest's settings and the actors' options.
+    driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu"}))
+    options = {
+        "model": driver.source.path,
+        "device": "cuda" if gpus_per_worker else "cpu",
+        "precision": driver.precision if not gpus_per_worker else cfg.precision,
+        "pooling": driver.pooling,
+        "normalize": driver.normalize,
+        "max_length": driver.max_length,
+        "batch_size": driver.batch_size if not gpus_per_worker else cfg.batch_size,
+        "batch_tokens": driver.batch_tokens if not gpus_per_worker else cfg.batch_tokens,
+        "threads": cfg.threads,
+    }
+    embedded = embed_dataset(
+        ds,
+        cfg.text_column,
+        concurrency=concurrency,
+        gpus_per_worker=gpus_per_worker,
+        batch_rows=cfg.chunk_size,
+        encoding_errors=cfg.encoding_errors,
+        **options,
+    )
+
+    def produce(first_row: int, first_record: int) -> Iterator[tuple[Chunk, np.ndarray]]:
+        pieces = _checked_pieces(embedded, cfg)
+        for chunk in chunk_rows(pieces, cfg.chunk_size, cfg.shard_rows, first_row, first_record):
+            table = chunk.keep if chunk.keep is not None else pa.table({})
+            vectors = (
+                _vectors(table.column("embedding"), driver.dim) if "embedding" in table.column_names else None
+            )
+            rest = table.drop_columns(["embedding"]) if "embedding" in table.column_names else table
+            chunk.keep = rest if rest.num_columns else None
+            yield chunk, vectors if vectors is not None else np.zeros((0, driver.dim), np.float32)
+
+    return run_job_with(cfg, driver, produce)
+
+
+def _checked_pieces(embedded: Any, cfg: EmbedConfig) -> Iterator[CheckedRows]:
+    """Ray's output batches as CheckedRows, the embedding riding along as a kept column."""
+    record = 0
+    for batch in embedded.iter_batches(batch_size=cfg.chunk_size, batch_format="pyarrow"):
+        n = batch.num_rows
+        reasons = batch.column("reject_reason").to_pylist()
+        good = [i for i, r in enumerate(reasons) if r is None]
+        rejects = []
+        texts = batch.column(cfg.text_column).to_pylist()
+        for i, reason in enumerate(reasons):
+            if reason is None and cfg.id_column and batch.column(cfg.id_column)[i].as_py() is None:
+                reason = "null id"
+                good.remove(i)
+            if reason is not None:
+                raw = (
+                    texts[i].decode("utf-8", "backslashreplace") if isinstance(texts[i], bytes) else texts[i]
+                )
+                reject = Reject("ray", "row", record + i + 1, reason, None if raw is None else str(raw))
+                reject.position = record + i
+                rejects.append(reject)
+        if cfg.on_error == "fail" and rejects:
+            raise InputError(f"bad row: {rejects[0].describe()} (use --on-error skip to set it aside)")
+        index = pa.array(good, pa.int64())
+        ids = batch.column(cfg.id_column) if cfg.id_column else pa.array(np.arange(record, record + n))
+        keep = batch.select([*cfg.keep_columns, "embedding"]).take(index)
+        yield CheckedRows(
+            [texts[i] for i in good],
+            pa.chunked_array([ids]).combine_chunks().take(index) if cfg.id_column else ids.take(index),
+            keep,
+            np.asarray(good, dtype=np.int64) + record,
+            rejects,
+            record,
+            n,
+        )
+        record += n
+
+
+def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, dim)

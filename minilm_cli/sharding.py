@@ -1,0 +1,166 @@
+"""Static sharding for job arrays: N independent runs that cover every row exactly once.
+
+The inputs, in order, are laid end to end by weight (bytes; uncompressed row-group bytes
+for Parquet) and cut into N equal stretches. Worker I reads the splits in stretch I:
+byte ranges of uncompressed CSV/TSV/JSONL/text (a record belongs to the range holding its
+first byte), whole Parquet row groups, and whole compressed files (they cannot be cut
+without decompressing), each given to the stretch where it starts.
+
+Default ids are row numbers over all inputs, so worker I first counts the records before
+its stretch (Parquet: from metadata; text formats: by reading, not embedding, them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .sources import Columns, InputFile, Split, read_file
+
+
+def shard_from_env(
+    num_shards: int | None, shard_index: int | None, env: Mapping[str, str] | None = None
+) -> tuple[int, int]:
+    """(num_shards, shard_index): flags win, then Slurm arrays, Kubernetes indexed Jobs, torchrun."""
+    env = os.environ if env is None else env
+    count, index = None, None
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    elif "JOB_COMPLETION_INDEX" in env:  # Kubernetes does not export the completion count
+        index = int(env["JOB_COMPLETION_INDEX"])
+    elif "RANK" in env and "WORLD_SIZE" in env:
+        count, index = int(env["WORLD_SIZE"]), int(env["RANK"])
+    count = num_shards if num_shards is not None else count
+    index = shard_index if shard_index is not None else index
+    count = 1 if count is None else count
+    index = 0 if index is None else index
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"shard index {index} is outside 0..{count - 1} (--num-shards {count})")
+    return count, index
+
+
+def _atoms(f: InputFile) -> list[tuple[Split, int]]:
+    """(split, weight) pieces a file can be cut into; byte-range files are one cuttable piece."""
+    if f.format == "parquet":
+        meta = pq.ParquetFile(f.path).metadata
+        groups = meta.num_row_groups
+        return [
+            (Split(f, "row_groups", g, g + 1, groups), max(1, meta.row_group(g).total_byte_size))
+            for g in range(groups)
+        ]
+    if f.compression:
+        return [(Split(f, "whole"), max(1, f.size or 1))]
+    return [(Split(f, "bytes", 0, f.size or 0, f.size or 0), max(1, f.size or 1))]
+
+
+def plan_splits(files: list[InputFile], num_shards: int) -> list[list[Split]]:
+    """The splits of every worker, in input order; together they tile every input once."""
+    if num_shards > 1 and any(f.is_stdin for f in files):
+        raise InputError("stdin cannot be sharded: pass files with --num-shards")
+    if num_shards == 1:
+        return [[Split(f, "whole") for f in files]]
+    atoms = [atom for f in files for atom in _atoms(f)]
+    total = sum(w for _, w in atoms)
+    bounds = [i * total // num_shards for i in range(num_shards + 1)]
+    plan: list[list[Split]] = [[] for _ in range(num_shards)]
+    offset = 0
+    for split, weight in atoms:
+        if split.kind == "bytes":
+            for rank in range(num_shards):
+                lo, hi = max(bounds[rank], offset), min(bounds[rank + 1], offset + weight)
+                if lo < hi:
+                    plan[rank].append(Split(split.file, "bytes", lo - offset, hi - offset, split.extent))
+        else:
+            plan[_rank_of(offset, bounds)].append(split)
+        offset += weight
+    return [_merge_row_groups(splits) for splits in plan]
+
+
+def _rank_of(offset: int, bounds: list[int]) -> int:
+    for rank in range(len(bounds) - 1):
+        if bounds[rank] <= offset < bounds[rank + 1]:
+            return rank
+    return len(bounds) - 2
+
+
+def _merge_row_groups(splits: list[Split]) -> list[Split]:
+    merged: list[Split] = []
+    for s in splits:
+        last = merged[-1] if merged else None
+        if (
+            last
+            and s.kind == "row_groups"
+            and last.kind == "row_groups"
+            and last.file == s.file
+            and last.end == s.start
+        ):
+            merged[-1] = Split(s.file, "row_groups", last.start, s.end, s.extent)
+        else:
+            merged.append(s)
+    return merged
+
+
+def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -> int:
+    """Records in these splits, as the reader numbers them (read, not embedded)."""
+    total = 0
+    for split in splits:
+        if split.file.format == "parquet" and split.kind == "row_groups":
+            meta = pq.ParquetFile(split.file.path).metadata
+            total += sum(meta.row_group(g).num_rows for g in range(split.start, split.end))
+            continue
+        for raw in read_file(split.file, columns, 65536, encoding_errors, split):
+            total += len(raw)
+    return total
+
+
+def coverage_problems(parts: list[dict]) -> list[str]:
+    """Do the manifest parts' splits tile every input once, and their records follow on?"""
+    problems = []
+    counts = {p["settings"]["plan"]["num_shards"] for p in parts}
+    if len(counts) != 1:
+        return [f"manifest parts disagree on --num-shards: {sorted(counts)}"]
+    (count,) = counts
+    indexes = sorted(p["settings"]["plan"]["shard_index"] for p in parts)
+    missing = sorted(set(range(count)) - set(indexes))
+    if missing:
+        problems.append(f"manifest parts missing for shard index(es) {missing} of {count}")
+    if len(indexes) != len(set(indexes)):
+        problems.append("two manifest parts claim the same shard index")
+    parts = sorted(parts, key=lambda p: p["settings"]["plan"]["shard_index"])
+    problems += _tiling_problems([s for p in parts for s in p.get("assignment", {}).get("splits", [])])
+    for before, after in zip(parts, parts[1:]):
+        end = before.get("assignment", {}).get("record_end")
+        start = after.get("assignment", {}).get("record_start")
+        if end is not None and start is not None and end != start:
+            i, j = (p["settings"]["plan"]["shard_index"] for p in (before, after))
+            problems.append(f"records of shard index {i} end at {end} but index {j} starts at {start}")
+    return problems
+
+
+def _tiling_problems(splits: list[dict]) -> list[str]:
+    by_path: dict[str, list[dict]] = {}
+    for s in splits:
+        by_path.setdefault(s["path"], []).append(s)
+    problems = []
+    for path, pieces in by_path.items():
+        kinds = {s["kind"] for s in pieces}
+        if kinds == {"whole"}:
+            if len(pieces) != 1:
+                problems.append(f"{path} is read whole by {len(pieces)} workers")
+            continue
+        pieces.sort(key=lambda s: s["start"])
+        expect = 0
+        for s in pieces:
+            if s["start"] != expect:
+                what = "overlaps" if s["start"] < expect else "leaves a gap"
+                problems.append(
+                    f"{path}: {s['kind']} {s['start']}..{s['end']} {what} (expected start {expect})"
+                )
+            expect = max(expect, s["end"])
+        if expect != pieces[-1].get("extent", expect):
+            problems.append(f"{path}: covered up to {expect} of {pieces[-1]['extent']}")
+    return problems

@@ -1,0 +1,129 @@
+"""Several devices on one machine: one worker process per device, one progress bar, one manifest.
+
+``--device cuda:0,cuda:1`` (or ``cuda:all``) runs the static sharding of sharding.py with one
+shard index per device, each in its own process, then merges the manifest parts. CPU workers
+(``--device cpu,cpu``) stand in for devices in the tests.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import sys
+from dataclasses import replace
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import EmbedConfig
+from .errors import ExitCode, InputError, Interrupted, MinilmError, OutputConflict
+from .manifest import merge_manifests
+from .model import usable_cpus
+
+
+def parse_devices(spec: str) -> list[str] | None:
+    """The devices of a multi-device --device, or None for a single device."""
+    if spec.endswith(":all"):
+        import torch
+
+        kind = spec[: -len(":all")]
+        if kind != "cuda" or not torch.cuda.is_available():
+            raise InputError(f"--device {spec}: no CUDA devices visible here")
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if "," in spec:
+        return [d.strip() for d in spec.split(",") if d.strip()]
+    return None
+
+
+def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
+    """Run one worker per device over a static sharding of the inputs; merge their manifests."""
+    if cfg.num_shards != 1:
+        raise InputError(
+            "several devices and --num-shards cannot be combined; give one device per array task"
+        )
+    if cfg.to_stdout:
+        raise InputError("several devices need a directory OUTPUT, not -o -")
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    events: Any = ctx.Queue()
+    threads = cfg.threads or max(1, usable_cpus() // len(devices))
+    procs = []
+    for index, device in enumerate(devices):
+        worker_cfg = replace(
+            cfg, device=device, num_shards=len(devices), shard_index=index, quiet=True, threads=threads
+        )
+        proc = ctx.Process(target=_worker, args=(worker_cfg, events), name=f"minilm-{device}", daemon=False)
+        proc.start()
+        procs.append(proc)
+    failures = _watch(procs, events, cfg.quiet)
+    if failures:
+        code, message = failures[0]
+        raise MinilmError(f"{len(failures)} of {len(devices)} device workers failed; first: {message}", code)
+    path, problems = merge_manifests(cfg.output)
+    if problems:
+        raise OutputConflict("workers finished but their manifests do not merge: " + "; ".join(problems[:3]))
+    return {"manifest": str(path), "workers": len(devices)}
+
+
+def _watch(procs: list, events: Any, quiet: bool) -> list[tuple[int, str]]:
+    """Show one progress bar for all workers; forward SIGINT/SIGTERM; collect failures."""
+    bar = tqdm(
+        unit=" rows",
+        desc=f"embedding on {len(procs)} devices",
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+    failures: list[tuple[int, str]] = []
+    done = 0
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.is_alive():
+                p.terminate() if signum == signal.SIGTERM else _interrupt(p)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while done < len(procs):
+            try:
+                kind, value = events.get(timeout=0.5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs) and events.empty():
+                    break
+                continue
+            if kind == "rows":
+                bar.update(value)
+            elif kind == "done":
+                done += 1
+            elif kind == "error":
+                failures.append(value)
+                done += 1
+        for p in procs:
+            p.join()
+            if p.exitcode and not failures:
+                failures.append((ExitCode.RUNTIME_FAILURE, f"worker {p.name} exited with {p.exitcode}"))
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        bar.close()
+    return failures
+
+
+def _interrupt(proc: Any) -> None:
+    import os
+
+    os.kill(proc.pid, signal.SIGINT)
+
+
+def _worker(cfg: EmbedConfig, events: Any) -> None:
+    from .pipeline import run_job
+
+    try:
+        run_job(cfg, log=lambda message: None, on_rows=lambda n: events.put(("rows", n)))
+        events.put(("done", None))
+    except MinilmError as exc:
+        events.put(("error", (int(exc.exit_code), f"{cfg.device}: {exc}")))
+    except KeyboardInterrupt:
+        events.put(("error", (int(ExitCode.INTERRUPTED_SIGINT), f"{cfg.device}: interrupted")))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent as one line
+        events.put(("error", (int(ExitCode.RUNTIME_FAILURE), f"{cfg.device}: {type(exc).__name__}: {exc}")))
