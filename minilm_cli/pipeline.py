@@ -33,7 +33,7 @@ from .model import Embedder
 from .outdir import OutputDir
 from .sharding import count_records, plan_splits
 from .sinks import JsonLinesWriter, ShardWriter
-from .sources import CheckedRows, Columns, InputFile, check_rows, read_file, resolve_inputs
+from .sources import CheckedRows, Columns, InputFile, Split, check_rows, read_file, resolve_inputs
 
 QUEUE_DEPTH = 2  # chunks in flight between two stages
 
@@ -146,8 +146,9 @@ def run_job_with(
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     check_config(cfg)
     files = resolve_inputs(cfg.inputs, cfg.input_format)
+    plan = plan_splits(files, cfg.num_shards)  # before the model loads: bad input fails fast
     embedder = embedder or build_embedder(cfg)
-    run = _Run(cfg, embedder, files, log, on_rows)
+    run = _Run(cfg, embedder, files, plan, log, on_rows)
     if produce is not None:
         run.produce = produce
     if cfg.to_stdout:
@@ -183,6 +184,7 @@ class _Run:
         cfg: EmbedConfig,
         embedder: Embedder,
         files: list[InputFile],
+        plan: list[list[Split]],
         log: Callable,
         on_rows: Callable[[int], None] | None = None,
     ) -> None:
@@ -191,17 +193,14 @@ class _Run:
         # Where embedded chunks come from: here, or a Ray cluster (minilm_cli.ray).
         self.produce: Callable[[int, int], Iterable[tuple[Chunk, np.ndarray]]] = self.embed_locally
         self.embedder = embedder
-        self.files = files
         self.log = log
         self.result = JobResult(output=cfg.output)
-        plan = plan_splits(files, cfg.num_shards)
+        self.files = files
         self.splits = plan[cfg.shard_index]
-        self.record_start = 0
         self.record_end = 0
-        if cfg.num_shards > 1:
-            columns = self._columns()
-            before = [s for rank in plan[: cfg.shard_index] for s in rank]
-            self.record_start = count_records(before, columns, cfg.encoding_errors)
+        # Default ids number rows over all inputs: count what the shards before this one hold.
+        before = [s for rank in plan[: cfg.shard_index] for s in rank]
+        self.record_start = count_records(before, self._columns(), cfg.encoding_errors) if before else 0
         self.stop = threading.Event()
         self.timers = {"read": 0.0, "model": 0.0, "write": 0.0}
 

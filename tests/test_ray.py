@@ -1,0 +1,109 @@
+"""The Ray Data engine against the local engine, on a local Ray (2 CPUs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import minilm_cli
+from minilm_cli.cli import main
+from minilm_cli.verify import verify_output
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+SAMPLE_PARQUET = str(Path(__file__).resolve().parent.parent / "sample_data" / "glosses.parquet")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _table(out):
+    table = minilm_cli.open_dataset(out).to_table()
+    return table, np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+
+
+def _run(args):
+    result = CliRunner().invoke(main, ["embed", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("source", ["parquet", "jsonl"])
+def test_ray_engine_matches_local_engine(local_ray, source, tiny_model_dir, tmp_path, sample_texts):
+    if source == "parquet":
+        inputs = [SAMPLE_PARQUET]
+        extra = ["--id-column", "synset", "--keep-columns", "word,pos"]
+    else:
+        path = tmp_path / "in.jsonl"
+        path.write_text(
+            "".join(json.dumps({"text": t, "k": i}) + "\n" for i, t in enumerate(sample_texts[:120]))
+        )
+        inputs, extra = [str(path)], ["--keep-columns", "k"]
+    common = [
+        "--model",
+        tiny_model_dir,
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--shard-rows",
+        "50",
+        "--chunk-size",
+        "32",
+        "--quiet",
+        *extra,
+    ]
+    _run([*inputs, "-o", str(tmp_path / "local"), *common])
+    _run([*inputs, "-o", str(tmp_path / "ray"), "--engine", "ray", "--concurrency", "1", *common])
+    assert verify_output(tmp_path / "ray").ok
+    local, local_vectors = _table(tmp_path / "local")
+    remote, remote_vectors = _table(tmp_path / "ray")
+    assert remote.column_names == local.column_names
+    assert remote.drop_columns(["embedding"]).equals(local.drop_columns(["embedding"]))
+    np.testing.assert_allclose(remote_vectors, local_vectors, atol=1e-6)
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["runtime"]["engine"] == "ray"
+    assert [s["rows"] for s in manifest["shards"]] == [
+        s["rows"] for s in json.loads((tmp_path / "local" / "manifest.json").read_text())["shards"]
+    ]
+
+
+def test_embed_dataset_marks_rejects(local_ray, tiny_model_dir, tiny_embedder):
+    from minilm_cli.ray import embed_dataset
+
+    texts = ["a cat sat on the mat", "", "dogs bark at night", None]
+    ds = ray.data.from_items([{"text": t, "n": i} for i, t in enumerate(texts)])
+    out = embed_dataset(ds, "text", model=tiny_model_dir, device="cpu", precision="fp32").take_all()
+    out.sort(key=lambda row: row["n"])
+    assert [row["reject_reason"] for row in out] == [None, "empty text", None, "null text"]
+    assert out[1]["embedding"] is None and out[3]["embedding"] is None
+    expected = tiny_embedder.embed([texts[0], texts[2]])
+    got = np.stack([np.asarray(out[0]["embedding"]), np.asarray(out[2]["embedding"])])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_ray_engine_refuses_resume(local_ray, tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "embed",
+            SAMPLE_PARQUET,
+            "-o",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--resume",
+            "--model",
+            tiny_model_dir,
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--engine ray" in result.output and "Traceback" not in result.output
