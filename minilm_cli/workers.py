@@ -12,6 +12,7 @@ import queue
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -44,6 +45,9 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
         )
     if cfg.to_stdout:
         raise InputError("several devices need a directory OUTPUT, not -o -")
+    merged = Path(cfg.output) / "manifest.json"
+    if cfg.overwrite and merged.exists():
+        merged.unlink()  # the workers replace their parts; the merged list would be stale
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))
