@@ -92,7 +92,7 @@ def chunk_rows(
             if pending.rows == chunk_size or shard_end:
                 yield pending.emit(int(piece.positions[offset - 1]) + 1, shard_end)
         record_end = piece.record_end
-    yield pending.emit(record_end, shard_end=True)
+    yield pending.emit(record_end, shard_end=True, final=True)
 
 
 class _Pending:
@@ -116,7 +116,7 @@ class _Pending:
         if piece.keep is not None:
             self.keep.append(piece.keep.slice(offset, take))
 
-    def emit(self, record_end: int, shard_end: bool) -> Chunk:
+    def emit(self, record_end: int, shard_end: bool, final: bool = False) -> Chunk:
         try:
             ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.int64())
             keep = pa.concat_tables(self.keep, promote_options="permissive") if self.keep else None
@@ -125,8 +125,9 @@ class _Pending:
             raise InputError(
                 f"the id or kept columns change type between inputs ({', '.join(types)}): {exc}"
             ) from None
-        mine = [r for r in self.rejects if r.position < record_end]
-        self.rejects = [r for r in self.rejects if r.position >= record_end]
+        # Parse rejects after the last record sit at record_end itself: the final chunk takes them.
+        mine = [r for r in self.rejects if final or r.position < record_end]
+        self.rejects = [r for r in self.rejects if not final and r.position >= record_end]
         chunk = Chunk(self.texts, ids, keep, mine, self.first_row, record_end, shard_end)
         self.first_row += self.rows
         self._reset()

@@ -75,7 +75,22 @@ def _columns(value: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
 
 
-@click.group(context_settings=CONTEXT)
+class OneLineErrors(click.Group):
+    """Click's usage errors (unknown flag, bad choice) as one line too, like every other error."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            fail("aborted", ExitCode.INTERRUPTED_SIGINT)
+        except click.ClickException as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            fail(" ".join(exc.format_message().split()) + where, exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="minilm")
 def main() -> None:
     """Embed text corpora with MiniLM models, into Parquet or .npy shards.

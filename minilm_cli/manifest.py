@@ -74,11 +74,9 @@ class Manifest:
 
     def mismatch(self, settings: dict, inputs: list[dict]) -> str | None:
         """Why a resumed run would not produce the output this manifest started, or None."""
-        old = self.doc.get("settings", {})
-        for key in sorted(set(old) | set(settings)):
-            if old.get(key) != settings.get(key):
-                before, now = _short(old.get(key)), _short(settings.get(key))
-                return f"{key} differs: manifest has {before}, this run {now}"
+        why = _first_difference(self.doc.get("settings", {}), settings)
+        if why:
+            return why
         old_inputs = self.doc.get("inputs", [])
         if len(old_inputs) != len(inputs):
             return f"inputs differ: manifest has {len(old_inputs)} files, this run {len(inputs)}"
@@ -92,6 +90,18 @@ class Manifest:
         self.doc["status"] = status
         self.doc["totals"] = totals
         self.save()
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    """The first setting that differs, named down to the nested key (e.g. plan.shard_rows)."""
+    for key in sorted(set(old) | set(new)):
+        before, now = old.get(key), new.get(key)
+        if before == now:
+            continue
+        if isinstance(before, dict) and isinstance(now, dict) and key != "model":
+            return _first_difference(before, now, f"{prefix}{key}.")
+        return f"{prefix}{key} differs: manifest has {_short(before)}, this run {_short(now)}"
+    return None
 
 
 def _short(value: Any) -> str:

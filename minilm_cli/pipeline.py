@@ -171,6 +171,12 @@ def check_config(cfg: EmbedConfig) -> None:
         raise InputError("--resume needs input files it can read again, not stdin")
     if not cfg.to_stdout and cfg.output_format == "jsonl":
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
+    clash = {"id", "embedding"} & set(cfg.keep_columns)
+    if clash:
+        name = sorted(clash)[0]
+        raise InputError(
+            f"--keep-columns {name}: the output already has an '{name}' column; rename it in the input"
+        )
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")

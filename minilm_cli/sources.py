@@ -216,6 +216,8 @@ def read_file(
 ) -> Iterator[RawRows]:
     """Stream one input (or one split of it) as RawRows of at most ``block_rows`` records
     (CSV: one parse block)."""
+    if f.format == "txt":
+        _no_columns_in_text(f, columns)
     try:
         if f.is_stdin:
             yield from _read_stdin(f, columns, block_rows, encoding_errors)
@@ -241,13 +243,26 @@ def read_file(
         raise InputError(f"{f.path}: cannot read as {f.format}: {_one_line(exc)}") from None
 
 
+def _no_columns_in_text(f: InputFile, columns: Columns) -> None:
+    asked = ([columns.id] if columns.id else []) + list(columns.keep)
+    if asked:
+        raise InputError(
+            f"{f.path} is plain text, one text per line: it has no column '{asked[0]}' "
+            "(--id-column and --keep-columns need csv, tsv, jsonl or parquet)"
+        )
+
+
 def _read_stdin(f: InputFile, columns: Columns, block_rows: int, encoding_errors: str) -> Iterator[RawRows]:
     stream = sys.stdin.buffer
+    if not hasattr(stream, "peek"):
+        stream = io.BufferedReader(stream)  # type: ignore[arg-type]
     fmt = f.format
     if fmt == "auto":
-        head = stream.peek(4096)[:4096].lstrip() if hasattr(stream, "peek") else b""
-        fmt = "jsonl" if head.startswith(b"{") else "txt"
+        head = stream.peek(4096)[:4096].lstrip()
+        fmt = "jsonl" if head.startswith((b"{", b"\xef\xbb\xbf{")) else "txt"
     f = InputFile("-", fmt)
+    if fmt == "txt":
+        _no_columns_in_text(f, columns)
     if fmt == "parquet":
         raise InputError("Parquet cannot be read from stdin (it is not a stream); pass the file")
     if fmt in ("csv", "tsv"):
@@ -351,10 +366,14 @@ def _csv_schema(f: InputFile, columns: Columns) -> pa.Schema:
 def _iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
     """Split a byte stream into lines without the newline, reading 1 MiB at a time."""
     rest = b""
+    first = True
     while True:
         block = stream.read(READ_BLOCK_BYTES)
         if not block:
             break
+        if first and block.startswith(b"\xef\xbb\xbf"):
+            block = block[3:]  # a UTF-8 byte order mark is not part of the first line
+        first = False
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
         for line in lines:
@@ -432,18 +451,24 @@ def _read_csv(
     present = reader.schema.names
     _check_columns(f, columns, present)
     row = first_row
+    malformed: set[int] = set()  # row numbers the parser skipped: good rows are numbered around them
     for batch in reader:
         table = pa.Table.from_batches([batch]).select(columns.wanted)
-        n = table.num_rows
+        malformed.update(r.location for r in parse_rejects if r.location is not None)
+        locations = []
+        for _ in range(table.num_rows):
+            row += 1
+            while row in malformed:
+                row += 1
+            locations.append(row)
         yield RawRows(
             f,
             table.column(columns.text).to_pylist(),
-            list(range(row + 1, row + n + 1)),
+            locations,
             parse_rejects=parse_rejects[:],
             **_split_table(f, table, columns),
         )
         parse_rejects.clear()
-        row += n
     if parse_rejects:
         yield RawRows(f, [], [], parse_rejects=parse_rejects[:])
 

@@ -64,8 +64,11 @@ def verify_output(root: str | Path) -> VerifyReport:
         except (OSError, ValueError) as exc:
             report.problems.append(f"{path.name}: unreadable ({exc})")
             continue
-        docs.append(doc)
-        _verify_manifest(root, path.name, doc, report, ids_seen)
+        try:
+            _verify_manifest(root, path.name, doc, report, ids_seen)
+            docs.append(doc)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            report.problems.append(f"{path.name}: malformed manifest ({type(exc).__name__}: {exc})")
     if manifests and manifests[0].name != "manifest.json":  # the parts of a sharded run
         report.problems += coverage_problems(docs)
     _find_orphans(root, manifests, report)
@@ -158,9 +161,9 @@ def _find_orphans(root: Path, manifests: list[Path], report: VerifyReport) -> No
     for path in manifests:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        listed |= {f["path"] for s in doc.get("shards", []) for f in s["files"].values()}
+            listed |= {f["path"] for s in doc.get("shards", []) for f in s["files"].values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # already reported as malformed
     for folder in [root, root / "embeddings", root / "metadata", root / "rejects"]:
         if not folder.is_dir():
             continue
