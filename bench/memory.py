@@ -10,7 +10,6 @@ RSS (from wait4) and the ratio large / small. The target is within 15%.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,30 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-
-def tiny_model(folder: Path) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from minilm_cli.model import resolve_model
-
-    real = Path(resolve_model(None).path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(real / name, folder / name)
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
-    return folder
+from minilm_cli.testing import write_tiny_bert
 
 
 def write_rows(path: Path, rows: int) -> None:
@@ -70,8 +46,7 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=100_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="minilm-mem-"))
-    (work / "model").mkdir()
-    model = tiny_model(work / "model")
+    model = write_tiny_bert(work / "model")
     results = {}
     for rows in (args.small, args.large):
         source = work / f"rows-{rows}.txt"

@@ -60,7 +60,8 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def _describe_os_error(exc: OSError) -> str:
-    where = f" ({exc.filename})" if exc.filename else ""
+    # pyarrow sets errno but not filename; its own message names the file
+    where = f" ({exc.filename})" if exc.filename else f" ({' '.join(str(exc).split())[:200]})"
     reasons = {
         errno.ENOSPC: "no space left on device",
         errno.EDQUOT: "disk quota exceeded",

@@ -63,9 +63,7 @@ class OutputDir:
         """Make OUTPUT ready; return the manifest to resume from, if any."""
         remove_temp_files(self.root)
         if resume and self.manifest_path.exists():
-            manifest = Manifest.load(self.manifest_path)
-            self._drop_unlisted(manifest)
-            return manifest
+            return Manifest.load(self.manifest_path)  # drop_unlisted once the settings match
         if self.is_empty():
             return None
         if resume:
@@ -83,7 +81,7 @@ class OutputDir:
                 shutil.rmtree(self.root / folder)
         return None
 
-    def _drop_unlisted(self, manifest: Manifest) -> None:
+    def drop_unlisted(self, manifest: Manifest) -> None:
         """A shard published just before a crash, but not yet in the manifest, is redone."""
         listed = {f["path"] for shard in manifest.shards for f in shard["files"].values()}
         for path in self.own_files():

@@ -53,6 +53,16 @@ class JobResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     output: str = ""
 
+    def add_shards(self, shards: list[dict[str, Any]]) -> None:
+        """Count finished shards as the manifest lists them."""
+        for shard in shards:
+            self.rows += shard["rows"]
+            self.rejected += shard["rejected"]
+            self.truncated += shard["truncated"]
+            self.tokens += shard["tokens"]
+            self.padded_tokens += shard["padded_tokens"]
+            self.shards += 1
+
     @property
     def padding_efficiency(self) -> float:
         return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
@@ -233,6 +243,7 @@ class _Run:
             why = existing.mismatch(settings, inputs)
             if why:
                 raise OutputConflict(f"--resume refused: {why}")
+            outdir.drop_unlisted(existing)
             manifest = existing
         else:
             manifest = Manifest.new(outdir.manifest_path, settings, inputs, self._runtime())
@@ -372,15 +383,8 @@ class _Run:
             r.padded_tokens += chunk.tokens.padded_tokens
 
     def _count_finished(self, manifest: Manifest) -> None:
-        r = self.result
-        for shard in manifest.shards:
-            r.rows += shard["rows"]
-            r.rejected += shard["rejected"]
-            r.truncated += shard["truncated"]
-            r.tokens += shard["tokens"]
-            r.padded_tokens += shard["padded_tokens"]
-            r.shards += 1
-        r.resumed_rows = r.rows
+        self.result.add_shards(manifest.shards)
+        self.result.resumed_rows = self.result.rows
 
     def _finish(self) -> JobResult:
         self.log(self.result.summary())
@@ -388,8 +392,10 @@ class _Run:
 
     def _close_manifest(self, manifest: Manifest, exc: BaseException) -> None:
         status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
+        finished = JobResult(output=self.cfg.output, seconds=self.result.seconds)
+        finished.add_shards(manifest.shards)  # the discarded shard's rows are not in the output
         try:
-            manifest.finish(status, self.result.totals())
+            manifest.finish(status, finished.totals())
         except OSError:
             pass  # disk full: the last good manifest stays, listing every finished shard
 

@@ -646,6 +646,7 @@ def check_rows(raw: RawRows, first_record: int, encoding_errors: str, on_error: 
         reject = Reject(raw.file.path, _kind(raw.file), location, reason, _raw(raw, i))
         reject.position = first_record + i
         rejects.append(reject)
+    rejects.sort(key=lambda r: r.location if r.location is not None else -1)  # in file order
     if on_error == "fail" and rejects:
         raise BadRowError(f"bad row: {rejects[0].describe()} (use --on-error skip to set it aside)")
     n = len(raw.texts)
