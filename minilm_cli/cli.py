@@ -158,12 +158,12 @@ def main() -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    help="Most rows per forward pass. Default: 128 on CPU, 1024 on CUDA.",
+    help="Most rows per forward pass. Default: 64 on CPU, 1024 on CUDA.",
 )
 @click.option(
     "--batch-tokens",
     type=click.IntRange(1),
-    help="Most padded tokens (rows x longest row) per forward pass. Default: 4096 on CPU, 65536 on CUDA.",
+    help="Most padded tokens (rows x longest row) per forward pass. Default: 2048 on CPU, 65536 on CUDA.",
 )
 @click.option(
     "--chunk-size",

@@ -24,8 +24,8 @@ class EmbedConfig:
     max_length: int | None = None
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int | None = None  # None: per device (cpu 128, cuda 1024)
-    batch_tokens: int | None = None  # None: per device (cpu 4096, cuda 65536)
+    batch_size: int | None = None  # None: per device (cpu 64, cuda 1024)
+    batch_tokens: int | None = None  # None: per device (cpu 2048, cuda 65536)
     chunk_size: int = 8192
     shard_rows: int = 100_000
     format: str | None = None  # None: parquet for a directory, jsonl for "-"

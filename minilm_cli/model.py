@@ -33,7 +33,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
 # batches and pays for every padding token; a GPU needs big batches to fill its cores.
-BATCH_DEFAULTS = {"cpu": (4096, 128), "mps": (16384, 256), "cuda": (65536, 1024)}
+BATCH_DEFAULTS = {"cpu": (2048, 64), "mps": (16384, 256), "cuda": (65536, 1024)}
 
 
 @dataclass(frozen=True)
