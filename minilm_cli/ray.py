@@ -27,13 +27,8 @@ from .errors import InputError
 from .pipeline import JobResult, build_embedder, run_job_with
 from .sources import CheckedRows, Reject, check_text, resolve_inputs
 
-READERS = {
-    "parquet": "read_parquet",
-    "csv": "read_csv",
-    "tsv": "read_csv",
-    "jsonl": "read_json",
-    "txt": "read_text",
-}
+# Reading is light next to embedding: a quarter CPU per read task leaves the rest to the actors.
+READ_TASK = {"num_cpus": 0.25}
 
 
 def _ray() -> Any:
@@ -78,6 +73,7 @@ def embed_dataset(
     *,
     concurrency: int | None = None,
     gpus_per_worker: float | None = None,
+    cpus_per_worker: float | None = None,
     batch_rows: int = 8192,
     encoding_errors: str = "strict",
     **embedder_options: Any,
@@ -85,7 +81,8 @@ def embed_dataset(
     """``ds`` plus ``embedding`` and ``reject_reason`` columns, embedded by actors.
 
     ``embedder_options`` are Embedder's: model, device, precision, pooling, normalize,
-    max_length, batch_size, batch_tokens. ``batch_rows`` rows are sorted and batched together.
+    max_length, batch_size, batch_tokens, threads. ``batch_rows`` rows are sorted and batched
+    together. On CPUs, leave Ray's readers some CPU: actors that hold every CPU starve them.
     """
     ray = _ray()
     gpus = gpus_per_worker or 0
@@ -102,6 +99,7 @@ def embed_dataset(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=concurrency or 1),
         num_gpus=gpus,
+        num_cpus=cpus_per_worker,
         zero_copy_batch=True,
     )
 
@@ -116,20 +114,19 @@ def read_inputs(cfg: EmbedConfig) -> Any:
     (fmt,) = formats
     paths = [f.path for f in files]
     if fmt == "txt":
-        ds = ray.data.read_text(paths)
+        ds = ray.data.read_text(paths, ray_remote_args=READ_TASK)
         if cfg.text_column != "text":
             ds = ds.rename_columns({"text": cfg.text_column})
         return ds
     if fmt in ("csv", "tsv"):
         import pyarrow.csv as pa_csv
 
-        return ray.data.read_csv(
-            paths, parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-        )
+        options = pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+        return ray.data.read_csv(paths, parse_options=options, ray_remote_args=READ_TASK)
     if fmt == "jsonl":
-        return ray.data.read_json(paths, lines=True)
+        return ray.data.read_json(paths, lines=True, ray_remote_args=READ_TASK)
     columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + list(cfg.keep_columns)
-    return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)))
+    return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)), ray_remote_args=READ_TASK)
 
 
 def run_ray_job(
@@ -157,6 +154,16 @@ def run_ray_job(
     context.enable_progress_bars = not cfg.quiet and sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = read_inputs(cfg)
+    actors = concurrency or 1
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    threads, cpus_per_worker = cfg.threads, None
+    if not gpus_per_worker:
+        # Each CPU actor reserves one CPU (Ray's default) and runs on its share of the cores;
+        # actors holding every CPU would starve the read tasks, and the job would hang.
+        if actors + READ_TASK["num_cpus"] > cpus:
+            raise InputError(f"--concurrency {actors}: too many CPU actors for {cpus:g} CPUs")
+        cpus_per_worker = 1
+        threads = threads or max(1, round((cpus - READ_TASK["num_cpus"]) / actors))
     # The driver resolves the model once, for the manifest's settings and the actors' options.
     driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu"}))
     options = {
@@ -168,13 +175,14 @@ def run_ray_job(
         "max_length": driver.max_length,
         "batch_size": driver.batch_size if not gpus_per_worker else cfg.batch_size,
         "batch_tokens": driver.batch_tokens if not gpus_per_worker else cfg.batch_tokens,
-        "threads": cfg.threads,
+        "threads": threads,
     }
     embedded = embed_dataset(
         ds,
         cfg.text_column,
         concurrency=concurrency,
         gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
         batch_rows=cfg.chunk_size,
         encoding_errors=cfg.encoding_errors,
         **options,

@@ -107,3 +107,10 @@ def test_ray_engine_refuses_resume(local_ray, tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 2
     assert "--engine ray" in result.output and "Traceback" not in result.output
+
+
+def test_too_many_cpu_actors_is_refused_not_hung(local_ray, tiny_model_dir, tmp_path):
+    args = [SAMPLE_PARQUET, "-o", str(tmp_path / "o"), "--engine", "ray", "--concurrency", "9"]
+    result = CliRunner().invoke(main, ["embed", *args, "--model", tiny_model_dir])
+    assert result.exit_code == 2
+    assert "too many CPU actors" in result.stderr and len(result.stderr.splitlines()) == 1
