@@ -57,7 +57,7 @@ def timed(fn, rounds: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def engine_table(texts: list[str], device: str, rounds: int) -> list[dict]:
+def engine_table(texts: list[str], device: str, rounds: int, compile: bool = False) -> list[dict]:
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -80,6 +80,9 @@ def engine_table(texts: list[str], device: str, rounds: int) -> list[dict]:
         ),
         f"minilm-cli defaults ({ours.precision})": lambda: ours.embed(texts),
     }
+    if compile:  # the warm-up below pays the compilation, as a long job would once
+        compiled = Embedder(device=device, compile=True)
+        engines[f"minilm-cli --compile ({compiled.precision})"] = lambda: compiled.embed(texts)
     for fn in engines.values():  # warm-up: every kernel and shape once
         fn()
     results = {name: [] for name in engines}
@@ -167,6 +170,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="add a row for torch.compile")
     args = parser.parse_args()
 
     import torch
@@ -176,7 +180,7 @@ def main() -> None:
         f"{len(texts)} rows of real text ({CORPUS.name}), device {args.device}, "
         f"torch threads {torch.get_num_threads()}"
     )
-    rows = engine_table(texts, args.device, args.rounds)
+    rows = engine_table(texts, args.device, args.rounds, args.compile)
     base = rows[0]["rows_per_s"]
     print_table(
         "engine: same texts, in memory (median of rounds; ratio = rows/s over sentence-transformers fp32)",
