@@ -1,0 +1,42 @@
+"""The benchmarks still run (smoke runs on the CPU, tiny sizes): they cannot rot unnoticed.
+
+Speed is not asserted here; the figures come from full runs, in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=BENCH.parent
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_throughput_bench_prints_both_tables():
+    out = _run(str(BENCH / "throughput.py"), "--rows", "64", "--rounds", "1")
+    assert "sentence-transformers fp32 (batch 32)" in out and "minilm-cli defaults" in out
+    assert "minilm embed (run_job)" in out
+    assert out.count("x\n") >= 5  # a ratio closes every row
+
+
+@pytest.mark.slow
+def test_gpu_bench_runs_on_cpu():
+    out = _run(str(BENCH / "gpu.py"), "--device", "cpu", "--rows", "32", "--rounds", "1", "--no-compile")
+    assert "minilm-cli auto -> " in out and "TFLOP/s" in out
+
+
+@pytest.mark.slow
+def test_memory_bench_reports_a_ratio():
+    out = _run(str(BENCH / "memory.py"), "--small", "200", "--large", "400")
+    assert "ratio large/small:" in out
