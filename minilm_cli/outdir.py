@@ -23,10 +23,12 @@ class OutputDir:
         self.manifest_path = self.root / manifest_name
         self.lock_path = self.root / f".{manifest_name}.lock"
         self._lock_fd: int | None = None
+        self.created = False
 
     def acquire(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise OutputConflict(f"OUTPUT {self.root} exists and is not a directory")
+        self.created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -43,6 +45,16 @@ class OutputDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing drops the flock; the file stays, harmless
             self._lock_fd = None
+
+    def undo_fresh_start(self) -> None:
+        """A new run that failed on its input before any shard: leave OUTPUT as it was,
+        so the corrected command can simply be run again."""
+        self.manifest_path.unlink(missing_ok=True)
+        if self.created:
+            self.lock_path.unlink(missing_ok=True)
+            shutil.rmtree(self.root / "rejects", ignore_errors=True)
+            if not any(self.root.iterdir()):
+                self.root.rmdir()
 
     def own_files(self) -> list[Path]:
         """Files of this run's kind: its manifest, shards and rejects (not the lock)."""

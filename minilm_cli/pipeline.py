@@ -278,7 +278,10 @@ class _Run:
             self._execute(write, first_row, first_record)
         except BaseException as exc:
             sink.abort()
-            self._close_manifest(manifest, exc)
+            if existing is None and not manifest.shards and isinstance(exc, InputError):
+                outdir.undo_fresh_start()
+            else:
+                self._close_manifest(manifest, exc)
             raise
         result = self._finish()
         manifest.doc["assignment"]["record_end"] = self.record_end

@@ -104,8 +104,21 @@ def _watch(procs: list, events: Any, quiet: bool) -> list[tuple[int, str]]:
                 done += 1
         for p in procs:
             p.join()
-            if p.exitcode and not failures:
-                failures.append((ExitCode.RUNTIME_FAILURE, f"worker {p.name} exited with {p.exitcode}"))
+        while True:  # a worker's last events may still be in flight after it exited
+            try:
+                kind, value = events.get(timeout=0.2)
+            except queue.Empty:
+                break
+            if kind == "error":
+                failures.append(value)
+            elif kind == "rows":
+                bar.update(value)
+        if not failures:
+            failures += [
+                (ExitCode.RUNTIME_FAILURE, f"worker {p.name} exited with {p.exitcode}")
+                for p in procs
+                if p.exitcode
+            ]
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -122,12 +135,18 @@ def _interrupt(proc: Any) -> None:
 def _worker(cfg: EmbedConfig, events: Any) -> None:
     from .pipeline import run_job
 
+    error: tuple[int, str] | None = None
     try:
         run_job(cfg, log=lambda message: None, on_rows=lambda n: events.put(("rows", n)))
         events.put(("done", None))
     except MinilmError as exc:
-        events.put(("error", (int(exc.exit_code), f"{cfg.device}: {exc}")))
+        error = (int(exc.exit_code), f"{cfg.device}: {exc}")
     except KeyboardInterrupt:
-        events.put(("error", (int(ExitCode.INTERRUPTED_SIGINT), f"{cfg.device}: interrupted")))
+        error = (int(ExitCode.INTERRUPTED_SIGINT), f"{cfg.device}: interrupted")
     except Exception as exc:  # noqa: BLE001 - reported by the parent as one line
-        events.put(("error", (int(ExitCode.RUNTIME_FAILURE), f"{cfg.device}: {type(exc).__name__}: {exc}")))
+        error = (int(ExitCode.RUNTIME_FAILURE), f"{cfg.device}: {type(exc).__name__}: {exc}")
+    if error is not None:
+        events.put(("error", error))
+        events.close()
+        events.join_thread()  # the parent must see why, not only an exit code
+        sys.exit(error[0])

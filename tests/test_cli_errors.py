@@ -516,3 +516,14 @@ def test_bz2_csv_with_bad_row(tmp_path: Path, tiny_model_dir: str) -> None:
     result = invoke(["embed", src, "-o", "-", "--model", tiny_model_dir])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"minilm: error: bad row: {src}, row 2: empty text")
+
+
+def test_input_error_before_any_shard_leaves_no_output(tmp_path: Path, tiny_model_dir: str) -> None:
+    out = tmp_path / "out"
+    result = invoke(
+        ["embed", SAMPLE / "glosses.csv", "-o", out, "--model", tiny_model_dir, "--text-column", "nosuch"]
+    )
+    assert_error(result, 2, "'nosuch'")
+    assert not out.exists()  # so the corrected command runs without --overwrite
+    result = invoke(["embed", SAMPLE / "glosses.csv", "-o", out, "--model", tiny_model_dir, "--quiet"])
+    assert result.exit_code == 0, result.output
