@@ -117,8 +117,7 @@ def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
     """
     root = Path(root)
     paths = []
-    parts = [root / "manifest.json"] if (root / "manifest.json").exists() else manifest_parts(root)
-    for part in parts:
+    for part in find_manifests(root):
         for shard in Manifest.load(part).shards:
             files = shard["files"]
             wanted = role or ("data" if "data" in files else "metadata")
@@ -136,6 +135,12 @@ def open_dataset(root: str | Path) -> Any:
 
 def manifest_parts(root: Path) -> list[Path]:
     return sorted(Path(root).glob("manifest-*-of-*.json"))
+
+
+def find_manifests(root: str | Path) -> list[Path]:
+    """manifest.json (a single or merged run), else the parts of a sharded run."""
+    single = Path(root) / "manifest.json"
+    return [single] if single.exists() else manifest_parts(Path(root))
 
 
 def merge_manifests(root: str | Path) -> tuple[Path, list[str]]:

@@ -25,7 +25,7 @@ from .batching import Chunk, chunk_rows
 from .config import EmbedConfig
 from .errors import InputError
 from .pipeline import JobResult, build_embedder, run_job_with
-from .sources import CheckedRows, Reject, check_text, resolve_inputs
+from .sources import CheckedRows, InputFile, RawRows, check_rows, check_text, resolve_inputs
 
 # Reading is light next to embedding: a quarter CPU per read task leaves the rest to the actors.
 READ_TASK = {"num_cpus": 0.25}
@@ -203,39 +203,20 @@ def run_ray_job(
 
 
 def _checked_pieces(embedded: Any, cfg: EmbedConfig) -> Iterator[CheckedRows]:
-    """Ray's output batches as CheckedRows, the embedding riding along as a kept column."""
+    """Ray's output batches through the local engine's check_rows (same rejects, same ids),
+    the embedding riding along as a kept column."""
+    source = InputFile("ray", "ray")
     record = 0
     for batch in embedded.iter_batches(batch_size=cfg.chunk_size, batch_format="pyarrow"):
         n = batch.num_rows
-        reasons = batch.column("reject_reason").to_pylist()
-        good = [i for i, r in enumerate(reasons) if r is None]
-        rejects = []
-        texts = batch.column(cfg.text_column).to_pylist()
-        for i, reason in enumerate(reasons):
-            if reason is None and cfg.id_column and batch.column(cfg.id_column)[i].as_py() is None:
-                reason = "null id"
-                good.remove(i)
-            if reason is not None:
-                raw = (
-                    texts[i].decode("utf-8", "backslashreplace") if isinstance(texts[i], bytes) else texts[i]
-                )
-                reject = Reject("ray", "row", record + i + 1, reason, None if raw is None else str(raw))
-                reject.position = record + i
-                rejects.append(reject)
-        if cfg.on_error == "fail" and rejects:
-            raise InputError(f"bad row: {rejects[0].describe()} (use --on-error skip to set it aside)")
-        index = pa.array(good, pa.int64())
-        ids = batch.column(cfg.id_column) if cfg.id_column else pa.array(np.arange(record, record + n))
-        keep = batch.select([*cfg.keep_columns, "embedding"]).take(index)
-        yield CheckedRows(
-            [texts[i] for i in good],
-            pa.chunked_array([ids]).combine_chunks().take(index) if cfg.id_column else ids.take(index),
-            keep,
-            np.asarray(good, dtype=np.int64) + record,
-            rejects,
-            record,
-            n,
+        raw = RawRows(
+            source,
+            batch.column(cfg.text_column).to_pylist(),
+            list(range(record + 1, record + n + 1)),
+            ids=batch.column(cfg.id_column).combine_chunks() if cfg.id_column else None,
+            keep=batch.select([*cfg.keep_columns, "embedding"]),
         )
+        yield check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
         record += n
 
 

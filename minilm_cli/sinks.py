@@ -138,12 +138,11 @@ class _OpenShard:
     def append(self, chunk: Chunk, embeddings: np.ndarray) -> None:
         if chunk.rejects:
             self._append_rejects(chunk)
+        table = metadata_table(chunk)
         if self.layout == "npy":
             self._ensure_npy(embeddings.shape[1])
             self.npy.append(embeddings)  # type: ignore[union-attr]
-            table = metadata_table(chunk)
         else:
-            table = metadata_table(chunk)
             table = table.add_column(1, "embedding", embedding_array(embeddings, self.dtype))
         if len(chunk) or self.parquet is None:
             self._write_parquet(table)

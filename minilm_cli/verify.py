@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import OutputConflict
-from .manifest import manifest_parts
+from .manifest import find_manifests
 from .model import sha256_file
+from .outdir import SHARD_FOLDERS
 from .sharding import coverage_problems
 
 
@@ -40,13 +41,6 @@ class VerifyReport:
         lines = [f"FAILED: {head}; {len(self.problems)} problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-def find_manifests(root: Path) -> list[Path]:
-    single = root / "manifest.json"
-    if single.exists():
-        return [single]
-    return manifest_parts(root)
 
 
 def verify_output(root: str | Path) -> VerifyReport:
@@ -164,7 +158,7 @@ def _find_orphans(root: Path, manifests: list[Path], report: VerifyReport) -> No
             listed |= {f["path"] for s in doc.get("shards", []) for f in s["files"].values()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return  # already reported as malformed
-    for folder in [root, root / "embeddings", root / "metadata", root / "rejects"]:
+    for folder in [root, *(root / f for f in SHARD_FOLDERS)]:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():

@@ -114,3 +114,14 @@ def test_too_many_cpu_actors_is_refused_not_hung(local_ray, tiny_model_dir, tmp_
     result = CliRunner().invoke(main, ["embed", *args, "--model", tiny_model_dir])
     assert result.exit_code == 2
     assert "too many CPU actors" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_ray_engine_sets_bad_rows_aside_like_the_local_engine(local_ray, tiny_model_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a cat"}\n{"text": ""}\n{"text": "dogs"}\n{"text": null}\n')
+    args = [str(source), "--model", tiny_model_dir, "--precision", "fp32", "--on-error", "skip", "--quiet"]
+    _run([*args, "-o", str(tmp_path / "ray"), "--engine", "ray"])
+    rejects = [json.loads(line) for line in (tmp_path / "ray" / "rejects" / "part-00000.jsonl").open()]
+    assert [(r["row"], r["reason"]) for r in rejects] == [(2, "empty text"), (4, "null text")]
+    assert minilm_cli.open_dataset(tmp_path / "ray").to_table().column("id").to_pylist() == [0, 2]
+    assert verify_output(tmp_path / "ray").ok
