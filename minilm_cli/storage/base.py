@@ -1,0 +1,62 @@
+"""What a storage must offer; see the package docstring for the commit semantics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a resumed or appended run compares to tell whether an input changed."""
+
+    size: int
+    mtime_ns: int | None
+    is_dir: bool = False
+
+
+class PendingFile(Protocol):
+    """A file being written: invisible under its final name until ``commit``."""
+
+    path: str
+    stream: IO[bytes]
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class Lock(Protocol):
+    """One writer at a time; released explicitly, and by the system when the holder dies."""
+
+    def release(self) -> None: ...
+
+
+class Storage(Protocol):
+    def info(self, path: str) -> FileInfo | None: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def is_dir(self, path: str) -> bool: ...
+
+    def list_dir(self, path: str) -> list[str]: ...
+
+    def walk_files(self, path: str) -> list[str]: ...
+
+    def glob(self, pattern: str) -> list[str]: ...
+
+    def open_read(self, path: str) -> IO[bytes]: ...
+
+    def read_bytes(self, path: str) -> bytes: ...
+
+    def create(self, path: str) -> PendingFile: ...
+
+    def write_atomic(self, path: str, data: bytes) -> None: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def remove_empty_dir(self, path: str) -> None: ...
+
+    def make_dirs(self, path: str) -> None: ...
+
+    def lock(self, path: str) -> Lock: ...
