@@ -45,6 +45,8 @@ def handle_errors(fn: Callable) -> Callable:
             fail("interrupted; rerun the same command with --resume to continue", ExitCode.INTERRUPTED_SIGINT)
         except MinilmError as exc:
             fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except OSError as exc:
             fail(_describe_os_error(exc), ExitCode.RUNTIME_FAILURE)
         except MemoryError:
@@ -57,6 +59,16 @@ def handle_errors(fn: Callable) -> Callable:
             )
 
     return wrapper
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away (`| head`): stop like other Unix tools, silently, 141."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+    except (OSError, ValueError):
+        pass
+    sys.exit(int(ExitCode.BROKEN_PIPE))
 
 
 def _describe_os_error(exc: OSError) -> str:

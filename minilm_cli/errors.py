@@ -13,6 +13,7 @@ class ExitCode(enum.IntEnum):
     INPUT_ERROR = 2  # bad flags, missing file or column, unknown format, unreadable model, bad row
     OUTPUT_CONFLICT = 3  # OUTPUT exists, is locked by another run, or --resume does not match
     VERIFY_FAILED = 4  # `minilm verify` found a problem
+    BROKEN_PIPE = 141  # stdout's reader closed the pipe (`-o - | head`); 128 + SIGPIPE, as shells report
     INTERRUPTED_SIGINT = 130
     INTERRUPTED_SIGTERM = 143
 

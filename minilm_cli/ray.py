@@ -24,7 +24,8 @@ import pyarrow as pa
 from .batching import Chunk, chunk_rows
 from .config import EmbedConfig
 from .errors import InputError
-from .pipeline import JobResult, build_embedder, run_job_with
+from .pipeline import JobResult, build_embedder, run_job
+from .pipeline.engine import embedder_runtime
 from .sources import CheckedRows, InputFile, RawRows, check_rows, check_text, resolve_inputs
 
 # Reading is light next to embedding: a quarter CPU per read task leaves the rest to the actors.
@@ -139,6 +140,12 @@ def run_ray_job(
     ray = _ray()
     if cfg.resume or cfg.num_shards != 1 or cfg.to_stdout:
         raise InputError("--engine ray writes a fresh directory: no --resume, --num-shards or -o -")
+    _init_ray(ray, address, cfg.quiet)
+    engine = RayEngine(cfg, read_inputs(cfg), concurrency, gpus_per_worker, ray)
+    return run_job(cfg, engine.driver, engine=engine)
+
+
+def _init_ray(ray: Any, address: str | None, quiet: bool) -> None:
     import logging
     import sys
 
@@ -151,55 +158,84 @@ def run_ray_job(
     )
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order
-    context.enable_progress_bars = not cfg.quiet and sys.stderr.isatty()
+    context.enable_progress_bars = not quiet and sys.stderr.isatty()
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ds = read_inputs(cfg)
-    actors = concurrency or 1
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    threads, cpus_per_worker = cfg.threads, None
-    if not gpus_per_worker:
-        # Each CPU actor reserves one CPU (Ray's default) and runs on its share of the cores;
-        # actors holding every CPU would starve the read tasks, and the job would hang.
-        if actors + READ_TASK["num_cpus"] > cpus:
-            raise InputError(f"--concurrency {actors}: too many CPU actors for {cpus:g} CPUs")
-        cpus_per_worker = 1
-        threads = threads or max(1, round((cpus - READ_TASK["num_cpus"]) / actors))
-    # The driver resolves the model once, for the manifest's settings and the actors' options.
-    driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu"}))
-    options = {
-        "model": driver.source.path,
-        "device": "cuda" if gpus_per_worker else "cpu",
-        "precision": driver.precision if not gpus_per_worker else cfg.precision,
-        "pooling": driver.pooling,
-        "normalize": driver.normalize,
-        "max_length": driver.max_length,
-        "batch_size": driver.batch_size if not gpus_per_worker else cfg.batch_size,
-        "batch_tokens": driver.batch_tokens if not gpus_per_worker else cfg.batch_tokens,
-        "threads": threads,
-    }
-    embedded = embed_dataset(
-        ds,
-        cfg.text_column,
-        concurrency=concurrency,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        batch_rows=cfg.chunk_size,
-        encoding_errors=cfg.encoding_errors,
-        **options,
-    )
 
-    def produce(first_row: int, first_record: int) -> Iterator[tuple[Chunk, np.ndarray]]:
-        pieces = _checked_pieces(embedded, cfg)
+
+class RayEngine:
+    """Ray reads and embeds; the driver re-checks rows (same rejects, same ids) and chunks them
+    through the same stages' chunking, so shards and manifest are the local engine's."""
+
+    name = "ray"
+
+    def __init__(
+        self, cfg: EmbedConfig, ds: Any, concurrency: int | None, gpus: float | None, ray: Any
+    ) -> None:
+        self.cfg = cfg
+        actors = concurrency or 1
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        threads, cpus_per_worker = cfg.threads, None
+        if not gpus:
+            # Each CPU actor reserves one CPU (Ray's default) and runs on its share of the cores;
+            # actors holding every CPU would starve the read tasks, and the job would hang.
+            if actors + READ_TASK["num_cpus"] > cpus:
+                raise InputError(f"--concurrency {actors}: too many CPU actors for {cpus:g} CPUs")
+            cpus_per_worker = 1
+            threads = threads or max(1, round((cpus - READ_TASK["num_cpus"]) / actors))
+        # The driver resolves the model once, for the manifest's settings and the actors' options.
+        self.driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu"}))
+        self.options = self._actor_options(gpus, threads)
+        self.actors = {"concurrency": actors, "gpus_per_worker": gpus or 0}
+        self.embedded = embed_dataset(
+            ds,
+            cfg.text_column,
+            concurrency=concurrency,
+            gpus_per_worker=gpus,
+            cpus_per_worker=cpus_per_worker,
+            batch_rows=cfg.chunk_size,
+            encoding_errors=cfg.encoding_errors,
+            **self.options,
+        )
+
+    def _actor_options(self, gpus: float | None, threads: int | None) -> dict[str, Any]:
+        driver, cfg = self.driver, self.cfg
+        return {
+            "model": driver.source.path,
+            "device": "cuda" if gpus else "cpu",
+            "precision": driver.precision if not gpus else cfg.precision,
+            "pooling": driver.pooling,
+            "normalize": driver.normalize,
+            "max_length": driver.max_length,
+            "batch_size": driver.batch_size if not gpus else cfg.batch_size,
+            "batch_tokens": driver.batch_tokens if not gpus else cfg.batch_tokens,
+            "threads": threads,
+        }
+
+    def embedded_chunks(
+        self, stages: Any, first_row: int, first_record: int
+    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+        cfg, dim = self.cfg, self.driver.dim
+        pieces = _checked_pieces(self.embedded, cfg)
         for chunk in chunk_rows(pieces, cfg.chunk_size, cfg.shard_rows, first_row, first_record):
             table = chunk.keep if chunk.keep is not None else pa.table({})
-            vectors = (
-                _vectors(table.column("embedding"), driver.dim) if "embedding" in table.column_names else None
-            )
-            rest = table.drop_columns(["embedding"]) if "embedding" in table.column_names else table
+            has = "embedding" in table.column_names
+            vectors = _vectors(table.column("embedding"), dim) if has else np.zeros((0, dim), np.float32)
+            rest = table.drop_columns(["embedding"]) if has else table
             chunk.keep = rest if rest.num_columns else None
-            yield chunk, vectors if vectors is not None else np.zeros((0, driver.dim), np.float32)
+            yield chunk, vectors
 
-    return run_job_with(cfg, driver, produce)
+    def runtime(self) -> dict[str, Any]:
+        """What the actors ran (not the driver's CPU defaults): device, precision, batches."""
+        runtime = embedder_runtime(self.driver, self.name)
+        opts = self.options
+        runtime.update(
+            device=opts["device"],
+            precision=opts["precision"] or "auto",
+            batch_size=opts["batch_size"],
+            batch_tokens=opts["batch_tokens"],
+            actors=self.actors,
+        )
+        return runtime
 
 
 def _checked_pieces(embedded: Any, cfg: EmbedConfig) -> Iterator[CheckedRows]:

@@ -133,7 +133,13 @@ def _interrupt(proc: Any) -> None:
 
 
 def _worker(cfg: EmbedConfig, events: Any) -> None:
+    import os
+
     from .pipeline import run_job
+
+    # Out of the terminal's process group: Ctrl-C reaches the parent alone, which stops each
+    # worker exactly once (a worker signalled twice would stop less cleanly).
+    os.setpgrp()
 
     error: tuple[int, str] | None = None
     try:

@@ -19,7 +19,7 @@ import pytest
 from helpers import REPO, cli, embeddings, manifest, model_args, output_files, write_corpus
 
 import minilm_cli.manifest
-import minilm_cli.pipeline
+import minilm_cli.pipeline.stages
 import minilm_cli.sinks
 
 ROWS = 3000
@@ -269,14 +269,14 @@ def test_input_removed_while_the_run_reads_the_one_before(tmp_path, tiny_model_d
     clean = cli(["embed", str(first), str(second), "-o", str(ref), *PLAN, *model_args(tiny_model_dir), "-q"])
     assert clean.exit_code == 0, clean.output
 
-    real_read_file = minilm_cli.pipeline.read_file
+    real_read_file = minilm_cli.pipeline.stages.read_file
 
     def read_file(f, *rest, **kw):
         if f.path == str(first):
             os.rename(second, away)  # keeps size and mtime, so it can be put back unchanged
         return real_read_file(f, *rest, **kw)
 
-    monkeypatch.setattr(minilm_cli.pipeline, "read_file", read_file)
+    monkeypatch.setattr(minilm_cli.pipeline.stages, "read_file", read_file)
     result = cli(args)
     monkeypatch.undo()
 

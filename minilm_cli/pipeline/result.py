@@ -1,0 +1,65 @@
+"""What a run did: the summary line and the manifest's totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class JobResult:
+    """Counts of one run (or, after --resume, of the whole output so far)."""
+
+    rows: int = 0
+    rejected: int = 0
+    truncated: int = 0
+    shards: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+    resumed_rows: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    output: str = ""
+
+    def add_shards(self, shards: list[dict[str, Any]]) -> None:
+        """Count finished shards as the manifest lists them."""
+        for shard in shards:
+            self.rows += shard["rows"]
+            self.rejected += shard["rejected"]
+            self.truncated += shard["truncated"]
+            self.tokens += shard["tokens"]
+            self.padded_tokens += shard["padded_tokens"]
+            self.shards += 1
+
+    def add_chunk(self, chunk: Any) -> None:
+        """Count an embedded chunk (its rows, rejects and tokens)."""
+        self.rows += len(chunk)
+        self.rejected += len(chunk.rejects)
+        if chunk.tokens is not None:
+            self.truncated += chunk.tokens.truncated
+            self.tokens += chunk.tokens.real_tokens
+            self.padded_tokens += chunk.tokens.padded_tokens
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+    @property
+    def rows_per_second(self) -> float:
+        new_rows = self.rows - self.resumed_rows
+        return new_rows / self.seconds if self.seconds > 0 else 0.0
+
+    def totals(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["padding_efficiency"] = round(self.padding_efficiency, 4)
+        out["rows_per_second"] = round(self.rows_per_second, 2)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    def summary(self) -> str:
+        shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
+        padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
+        return (
+            f"embedded {self.rows} rows{shards}; {self.rejected} rejected, {self.truncated} truncated; "
+            f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}"
+        )

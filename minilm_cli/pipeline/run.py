@@ -1,0 +1,171 @@
+"""One run of one part of a job: plan it, then drive the engine's embedded chunks into a sink.
+
+Order matters and is kept here: flags, inputs, columns and the model are all checked
+before OUTPUT is touched; OUTPUT is read or changed only once its lock is held.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from ..batching import Chunk
+from ..config import EmbedConfig
+from ..errors import InputError
+from ..model import Embedder
+from ..sharding import count_records, plan_splits
+from ..sources import InputFile, Split, resolve_inputs
+from .engine import Engine, LocalEngine
+from .result import JobResult
+from .settings import build_embedder, check_config
+from .stages import Stages
+from .threads import Consumer, SignalGuard
+
+Write = Callable[[Chunk, np.ndarray], None]
+
+
+@dataclass
+class Plan:
+    """What a run reads: its inputs, its part of them, and the records before that part."""
+
+    files: list[InputFile]
+    splits: list[Split]
+    earlier: list[Split]  # splits of the parts before this one (their records number ours)
+
+    def record_start(self, cfg: EmbedConfig) -> int:
+        """Default ids number rows over all inputs: count what the parts before this one hold."""
+        if not self.earlier:
+            return 0
+        stages = Stages(cfg, None, [], 0)  # type: ignore[arg-type]
+        return count_records(self.earlier, stages.columns, cfg.encoding_errors)
+
+
+def plan_run(cfg: EmbedConfig) -> Plan:
+    """Check the flags and inputs (before any model loads, so bad input fails fast)."""
+    check_config(cfg)
+    files = resolve_inputs(cfg.inputs, cfg.input_format)
+    plan = plan_splits(files, cfg.num_shards)
+    earlier = [s for rank in plan[: cfg.shard_index] for s in rank]
+    return Plan(files, plan[cfg.shard_index], earlier)
+
+
+def run_job(
+    cfg: EmbedConfig,
+    embedder: Embedder | None = None,
+    log: Callable[[str], None] | None = None,
+    on_rows: Callable[[int], None] | None = None,
+    engine: Engine | None = None,
+) -> JobResult:
+    """Embed every input row of ``cfg`` into its output; the CLI's `minilm embed`.
+
+    ``on_rows`` is told how many rows each embedded chunk held (for a caller's own progress);
+    ``engine`` runs the model somewhere else (the Ray engine), default here.
+    """
+    log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
+    plan = plan_run(cfg)
+    embedder = embedder or build_embedder(cfg)
+    run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
+    if cfg.to_stdout:
+        from .to_stdout import write_stdout
+
+        return write_stdout(run)
+    from .to_directory import write_directory
+
+    return write_directory(run)
+
+
+class Run:
+    """The state of one run: its stages, its engine, its counters. Construction does no I/O."""
+
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        embedder: Embedder,
+        plan: Plan,
+        engine: Engine,
+        log: Callable[[str], None],
+        on_rows: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.embedder = embedder
+        self.plan = plan
+        self.engine = engine
+        self.log = log
+        self.on_rows = on_rows
+        self.result = JobResult(output=cfg.output)
+        self.stages: Stages | None = None
+        self.record_end = 0
+        self.guard = SignalGuard()
+
+    def open_stages(self, schema: object | None = None) -> Stages:
+        """The stage list over this part's splits (counts earlier parts' records: reads inputs)."""
+        record_start = self.plan.record_start(self.cfg)
+        self.stages = Stages(self.cfg, self.embedder, self.plan.splits, record_start, schema)
+        return self.stages
+
+    def execute(self, write: Write, first_row: int, first_record: int) -> None:
+        """The hot loop: engine -> writer thread, with progress, timing and signals."""
+        assert self.stages is not None
+        started = time.perf_counter()
+        writer = Consumer(self._timed_write(write), "minilm-writer", on_error=self.guard.wake)
+        progress = self._progress()
+        chunks = self.engine.embedded_chunks(self.stages, first_row, first_record)
+        try:
+            with self.guard:
+                self._feed(chunks, writer, progress, started)
+                self.guard.disarm()  # the last shard is being written: let it finish
+                writer.close()
+        except BaseException:
+            self.guard.disarm()
+            writer.abandon()
+            raise
+        finally:
+            _close(chunks)
+            progress.close()
+            self.result.seconds = time.perf_counter() - started
+            self.result.stage_seconds = {k: round(v, 3) for k, v in self.stages.timers.items()}
+
+    def _feed(self, chunks: Iterator, writer: Consumer, progress: tqdm, started: float) -> None:
+        tokens = 0
+        for chunk, embeddings in chunks:
+            self.record_end = chunk.record_end
+            writer.put((chunk, embeddings))
+            tokens += chunk.tokens.real_tokens if chunk.tokens else 0
+            progress.update(len(chunk))
+            if self.on_rows is not None:
+                self.on_rows(len(chunk))
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix_str(f"{rate:.0f} tokens/s", refresh=False)
+
+    def _timed_write(self, write: Write) -> Callable[[tuple], None]:
+        def timed(item: tuple) -> None:
+            t = time.perf_counter()
+            write(*item)
+            self.stages.timers["write"] += time.perf_counter() - t  # type: ignore[union-attr]
+
+        return timed
+
+    def finish(self) -> JobResult:
+        self.log(self.result.summary())
+        return self.result
+
+    def _progress(self) -> tqdm:
+        disable = self.cfg.quiet or not sys.stderr.isatty()
+        return tqdm(
+            total=None, unit=" rows", desc="embedding", file=sys.stderr, disable=disable, dynamic_ncols=True
+        )
+
+
+def _close(chunks: Iterator) -> None:
+    """Close the engine's generator so its reader thread and files end with the run."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+__all__ = ["InputError", "Plan", "Run", "plan_run", "run_job"]

@@ -1,0 +1,93 @@
+"""From an EmbedConfig to the model, the checked flags, and the settings that decide the output's bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ON_ERROR, EmbedConfig
+from ..errors import InputError
+from ..model import Embedder
+
+
+def build_embedder(cfg: EmbedConfig) -> Embedder:
+    return Embedder(
+        model=cfg.model,
+        device=cfg.device,
+        precision=cfg.precision,
+        pooling=cfg.pooling,
+        normalize=cfg.normalize,
+        max_length=cfg.max_length,
+        batch_size=cfg.batch_size,
+        batch_tokens=cfg.batch_tokens,
+        compile=cfg.compile,
+        threads=cfg.threads,
+    )
+
+
+def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | None = None) -> dict[str, Any]:
+    """Everything that decides the bytes of the output; --resume requires it unchanged."""
+    model = embedder.source
+    settings = {
+        "model": {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256},
+        "dim": embedder.dim,
+        "pooling": embedder.pooling,
+        "normalize": embedder.normalize,
+        "max_length": embedder.max_length,
+        "precision": embedder.precision,
+        "dtype": cfg.dtype,
+        "format": cfg.output_format,
+        "text_column": cfg.text_column,
+        "id_column": cfg.id_column,
+        "keep_columns": list(cfg.keep_columns),
+        "on_error": cfg.on_error,
+        "encoding_errors": cfg.encoding_errors,
+        "plan": {
+            "shard_rows": cfg.shard_rows,
+            "chunk_size": cfg.chunk_size,
+            "batch_tokens": embedder.batch_tokens,
+            "batch_size": embedder.batch_size,
+            "num_shards": cfg.num_shards,
+            "shard_index": cfg.shard_index,
+        },
+    }
+    if columns is not None:
+        settings["columns"] = columns
+    return settings
+
+
+def check_config(cfg: EmbedConfig) -> None:
+    """Flags that contradict each other, or cannot work, fail before anything is read."""
+    if isinstance(cfg.inputs, str):
+        cfg.inputs = [cfg.inputs]  # the Python API: one path is one input, not its characters
+    if cfg.on_error not in ON_ERROR:
+        raise InputError(f"on_error {cfg.on_error!r}: use one of {', '.join(ON_ERROR)}")
+    if cfg.encoding_errors not in ("strict", "replace"):
+        raise InputError(f"encoding_errors {cfg.encoding_errors!r}: use strict or replace")
+    if not cfg.output:
+        raise InputError("-o/--output is empty: name a directory, or - for stdout")
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pick one")
+    if cfg.to_stdout and (cfg.resume or cfg.format not in (None, "jsonl")):
+        raise InputError("-o - writes JSON lines to stdout; --resume and --format need a directory")
+    if cfg.resume and "-" in cfg.inputs:
+        raise InputError("--resume needs input files it can read again, not stdin")
+    if not cfg.to_stdout and cfg.output_format == "jsonl":
+        raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
+    _check_columns(cfg)
+    for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def _check_columns(cfg: EmbedConfig) -> None:
+    keep = list(cfg.keep_columns)
+    twice = sorted({k for k in keep if keep.count(k) > 1})
+    if twice:
+        raise InputError(f"--keep-columns: {twice[0]} is listed twice")
+    clash = {"id", "embedding"} & set(keep)
+    if clash:
+        name = sorted(clash)[0]
+        hint = " (to use it as the id, pass --id-column id)" if name == "id" else ""
+        raise InputError(
+            f"--keep-columns {name}: the output already has an '{name}' column{hint}; rename it in the input"
+        )

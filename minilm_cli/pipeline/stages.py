@@ -1,0 +1,120 @@
+"""The stage list every engine runs, in the order the data flows:
+
+    read -> check -> [row stages] -> chunk -> tokenize -> [model] -> write
+
+A row stage maps a stream of CheckedRows to a stream of CheckedRows (deduplication,
+reuse of earlier vectors and long-document windows plug in here); a chunk stage maps a
+stream of Chunks to a stream of Chunks (tokenizing is one). Adding a stage is adding an
+entry to ``row_stages`` or ``chunk_stages``: the loops that drive them do not change, and
+the local engine, the device workers and the Ray engine all run this same list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..batching import Chunk, chunk_rows
+from ..config import EmbedConfig
+from ..model import Embedder
+from ..sources import CheckedRows, Columns, Split, check_rows, read_file
+
+RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
+ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
+
+
+@dataclass
+class Stages:
+    """One run's stages over its splits of the input."""
+
+    cfg: EmbedConfig
+    embedder: Embedder
+    splits: list[Split]
+    record_start: int  # global record number of this part's first record
+    schema: object | None = None  # the resolved id + kept columns' schema, or None
+    timers: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
+    row_stages: list[RowStage] = field(default_factory=list)
+    chunk_stages: list[ChunkStage] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.chunk_stages:
+            self.chunk_stages = [self.tokenize]
+
+    @property
+    def columns(self) -> Columns:
+        return Columns(self.cfg.text_column, self.cfg.id_column, tuple(self.cfg.keep_columns))
+
+    def chunks(self, first_row: int, first_record: int) -> Iterator[Chunk]:
+        """Every stage before the model: what the reader thread runs."""
+        rows: Iterator[CheckedRows] = self.checked_rows(first_record)
+        for stage in self.row_stages:
+            rows = stage(rows)
+        cfg = self.cfg
+        chunks: Iterator[Chunk] = chunk_rows(rows, cfg.chunk_size, cfg.shard_rows, first_row, first_record)
+        for stage in self.chunk_stages:
+            chunks = stage(chunks)
+        return chunks
+
+    def checked_rows(self, skip_records: int) -> Iterator[CheckedRows]:
+        """read -> check, over this part's splits; records before ``skip_records`` are read
+        past without being checked (they are in finished shards: --resume)."""
+        cfg = self.cfg
+        record = self.record_start
+        for split in self.splits:
+            for raw in self._read(split):
+                end = record + len(raw)
+                if end < skip_records or (len(raw) and end == skip_records):
+                    record = end
+                    continue
+                checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
+                record = end
+                yield checked.drop_before(skip_records) if skip_records > checked.first_record else checked
+
+    def _read(self, split: Split) -> Iterator:
+        part = None if split.kind == "whole" else split
+        cfg = self.cfg
+        if self.schema is None:
+            return read_file(split.file, self.columns, cfg.chunk_size, cfg.encoding_errors, part)
+        return read_file(
+            split.file, self.columns, cfg.chunk_size, cfg.encoding_errors, part, schema=self.schema
+        )
+
+    def tokenize(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            t = time.perf_counter()
+            if chunk.texts:
+                texts = [clip_text(text, self.embedder) for text in chunk.texts]
+                chunk.tokens = self.embedder.tokenize(texts)
+            self.timers["read"] += time.perf_counter() - t
+            yield chunk
+
+
+CHARS_PER_TOKEN_GUESS = 16  # a prefix this many chars per token long almost always overflows
+
+
+def clip_text(text: str, embedder: Embedder) -> str:
+    """A prefix of ``text`` that tokenizes to exactly the tokens the whole text keeps after
+    truncation, so a 10 MB line costs what a long sentence costs.
+
+    The prefix ends at whitespace (no word is cut, so every token before it is the whole
+    text's token too) and is accepted only when it still overflows --max-length; else it
+    grows. The truncated count stays right: the prefix overflows exactly when the text does.
+    """
+    limit = embedder.max_length * CHARS_PER_TOKEN_GUESS
+    while limit < len(text):
+        cut = _last_space(text, limit)
+        if cut > 0:
+            prefix = text[:cut]
+            if embedder.tokenizer.encode(prefix).overflowing:
+                return prefix
+        limit *= 4
+    return text
+
+
+def _last_space(text: str, limit: int) -> int:
+    """Index of the last whitespace before ``limit`` (looking back a little), or -1."""
+    for i in range(limit - 1, max(limit - 4096, 0), -1):
+        if text[i].isspace():
+            return i
+    return -1

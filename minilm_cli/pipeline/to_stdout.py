@@ -1,0 +1,28 @@
+"""``-o -``: JSON lines on stdout; rejected rows as JSON lines on stderr, whatever --quiet says."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from ..batching import Chunk
+from ..sinks import JsonLinesWriter
+from .result import JobResult
+from .run import Run
+
+
+def write_stdout(run: Run) -> JobResult:
+    writer = JsonLinesWriter()
+    stages = run.open_stages()
+
+    def write(chunk: Chunk, embeddings: np.ndarray) -> None:
+        for reject in chunk.rejects:
+            # A dropped row is data, not chatter: it is never silenced.
+            print(json.dumps({"rejected": reject.to_json()}, ensure_ascii=False), file=sys.stderr)
+        writer.write(chunk, embeddings)
+        run.result.add_chunk(chunk)
+
+    run.execute(write, first_row=0, first_record=stages.record_start)
+    return run.finish()
