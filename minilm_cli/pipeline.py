@@ -27,12 +27,10 @@ from tqdm import tqdm
 
 from .batching import Chunk, chunk_rows
 from .config import EmbedConfig
-from .errors import InputError, Interrupted, OutputConflict
-from .manifest import Manifest, manifest_name
+from .errors import InputError, Interrupted
 from .model import Embedder
-from .outdir import OutputDir
+from .output import JsonLinesWriter, OutputSession
 from .sharding import count_records, plan_splits
-from .sinks import JsonLinesWriter, ShardWriter
 from .sources import CheckedRows, Columns, InputFile, Split, check_rows, read_file, resolve_inputs
 
 QUEUE_DEPTH = 2  # chunks in flight between two stages
@@ -163,13 +161,14 @@ def run_job_with(
         run.produce = produce
     if cfg.to_stdout:
         return run.to_stdout()
-    prefix = "part-" if cfg.num_shards == 1 else f"part-{cfg.shard_index:05d}-"
-    outdir = OutputDir(cfg.output, prefix, manifest_name(cfg.shard_index, cfg.num_shards))
-    outdir.acquire()
+    session = OutputSession(
+        cfg.output, cfg.output_format, cfg.dtype, cfg.shard_index, cfg.num_shards, log=log
+    )
+    session.acquire()
     try:
-        return run.to_directory(outdir)
+        return run.to_directory(session)
     finally:
-        outdir.release()
+        session.release()
 
 
 def check_config(cfg: EmbedConfig) -> None:
@@ -234,58 +233,40 @@ class _Run:
         self._execute(write, first_row=0, first_record=self.record_start)
         return self._finish()
 
-    def to_directory(self, outdir: OutputDir) -> JobResult:
-        cfg = self.cfg
-        existing = outdir.prepare(cfg.overwrite, cfg.resume)
-        settings = run_settings(cfg, self.embedder)
-        inputs = [f.fingerprint() for f in self.files]
-        if existing is not None:
-            why = existing.mismatch(settings, inputs)
-            if why:
-                raise OutputConflict(f"--resume refused: {why}")
-            outdir.drop_unlisted(existing)
-            manifest = existing
-        else:
-            manifest = Manifest.new(outdir.manifest_path, settings, inputs, self._runtime())
-            manifest.doc["assignment"] = {
-                "splits": [s.to_json() for s in self.splits],
-                "record_start": self.record_start,
-            }
-        next_shard, first_row, first_record = manifest.resume_point()
-        first_record = max(first_record, self.record_start)
-        self._count_finished(manifest)
-        if existing is not None and manifest.doc.get("status") == "complete":
-            self.log(f"{outdir.root} is already complete; nothing to do")
-            return self._finish()
-        if existing is not None:
-            self.log(f"resuming after {len(manifest.shards)} finished shard(s), {first_row} rows")
-        manifest.doc["status"] = "running"
-        manifest.doc["runtime"] = self._runtime()
-        manifest.save()
-        sink = ShardWriter(
-            outdir.root, cfg.output_format, cfg.dtype, prefix=outdir.prefix, first_index=next_shard
+    def to_directory(self, session: OutputSession) -> JobResult:
+        assignment = {"splits": [s.to_json() for s in self.splits], "record_start": self.record_start}
+        point = session.start(
+            run_settings(self.cfg, self.embedder),
+            [f.fingerprint() for f in self.files],
+            self._runtime(),
+            assignment,
+            self.cfg.overwrite,
+            self.cfg.resume,
         )
+        self.result.add_shards(point.finished_shards)
+        self.result.resumed_rows = self.result.rows
+        if point.complete:
+            self.log(f"{session.root} is already complete; nothing to do")
+            return self._finish()
+        if point.resumed:
+            self.log(f"resuming after {len(point.finished_shards)} finished shard(s), {point.first_row} rows")
 
         def write(chunk: Chunk, embeddings: np.ndarray) -> None:
-            record = sink.write(chunk, embeddings)
+            record = session.write(chunk, embeddings)
             self._count(chunk)
             if record is not None:
-                manifest.add_shard(record)
-                manifest.save()
                 self.result.shards += 1
 
+        first_record = max(point.first_record, self.record_start)
         try:
-            self._execute(write, first_row, first_record)
+            self._execute(write, point.first_row, first_record)
         except BaseException as exc:
-            sink.abort()
-            if existing is None and not manifest.shards and isinstance(exc, InputError):
-                outdir.undo_fresh_start()
-            else:
-                self._close_manifest(manifest, exc)
+            finished = JobResult(output=self.cfg.output, seconds=self.result.seconds)
+            finished.add_shards(session.shards)  # the discarded shard's rows are not in the output
+            session.fail(exc, finished.totals())
             raise
         result = self._finish()
-        manifest.doc["assignment"]["record_end"] = self.record_end
-        manifest.finish("complete", result.totals())
+        session.finish(result.totals(), self.record_end)
         return result
 
     # -- the three stages
@@ -385,22 +366,9 @@ class _Run:
             r.tokens += chunk.tokens.real_tokens
             r.padded_tokens += chunk.tokens.padded_tokens
 
-    def _count_finished(self, manifest: Manifest) -> None:
-        self.result.add_shards(manifest.shards)
-        self.result.resumed_rows = self.result.rows
-
     def _finish(self) -> JobResult:
         self.log(self.result.summary())
         return self.result
-
-    def _close_manifest(self, manifest: Manifest, exc: BaseException) -> None:
-        status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
-        finished = JobResult(output=self.cfg.output, seconds=self.result.seconds)
-        finished.add_shards(manifest.shards)  # the discarded shard's rows are not in the output
-        try:
-            manifest.finish(status, finished.totals())
-        except OSError:
-            pass  # disk full: the last good manifest stays, listing every finished shard
 
     def _runtime(self) -> dict[str, Any]:
         """How this run (or this resumed part of it) ran; not compared on --resume."""
