@@ -57,7 +57,9 @@ def output_files(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): sha256(p)
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("manifest.json", ".manifest.json.lock") and ".minilm-shards" not in p.parts
+        if p.is_file()
+        and p.name not in ("manifest.json", ".manifest.json.lock")
+        and ".minilm-shards" not in p.parts
     }
 
 

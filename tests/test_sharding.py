@@ -19,11 +19,10 @@ import minilm_cli
 from minilm_cli.cli import main
 from minilm_cli.config import EmbedConfig
 from minilm_cli.errors import InputError
-from minilm_cli.output import merge_manifests
+from minilm_cli.output import merge_manifests, verify_output
 from minilm_cli.pipeline import run_job
 from minilm_cli.sharding import plan_splits, shard_from_env
 from minilm_cli.sources import resolve_inputs
-from minilm_cli.output import verify_output
 
 
 @pytest.fixture(scope="module")

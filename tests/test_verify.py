@@ -229,7 +229,8 @@ def test_rewritten_shard_with_finite_values_passes(output):
 
 
 def warnings_of(result) -> list[str]:
-    return [line[len("  warning: ") :] for line in result.output.splitlines() if line.startswith("  warning: ")]
+    head = "  warning: "
+    return [line[len(head) :] for line in result.output.splitlines() if line.startswith(head)]
 
 
 def test_duplicate_ids_across_shards_warn_under_id_column(tmp_path, tiny_model_dir, inputs):
