@@ -138,9 +138,10 @@ class OutputDir:
             except ManifestError as exc:
                 doc, why = None, exc.detail
             if doc is None or not is_ours(doc):
-                what = why if doc is None else "not written by minilm-cli"
+                what = why if doc is None else "no minilm-cli tool entry"
                 raise OutputConflict(
-                    f"--overwrite refused: {self.manifest_path} is {what}; it is not ours to replace"
+                    f"--overwrite refused: {self.manifest_path} is not a manifest minilm-cli wrote "
+                    f"({what}); it is not ours to replace"
                 )
             listed = {
                 f["path"]

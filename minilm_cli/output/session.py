@@ -97,6 +97,7 @@ class OutputSession:
         overwrite: bool,
         resume: bool,
     ) -> ResumePoint:
+        hook_point(self, "prepare")
         existing = self.outdir.prepare(overwrite, resume)
         self.fresh = existing is None
         if existing is not None:
@@ -169,13 +170,25 @@ def _in_flight(session: OutputSession) -> None:
     hook = OutputSession.on_shard_in_flight
     if hook is not None:
         hook(session)
-    spec = os.environ.get("MINILM_TEST_HOOK", "")
-    if spec.startswith("pause-in-shard="):  # tests: signal <path>.ready, wait for <path>.go
-        path = spec.split("=", 1)[1]
-        storage = storage_for(path)
-        if not storage.exists(path + ".done"):
-            storage.write_atomic(path + ".ready", b"")
-            deadline = time.monotonic() + 120
-            while not storage.exists(path + ".go") and time.monotonic() < deadline:
-                time.sleep(0.01)
-            storage.write_atomic(path + ".done", b"")
+    hook_point(session, "in-flight")
+
+
+def hook_point(session: OutputSession, point: str) -> None:
+    """MINILM_TEST_HOOK=<folder> (tests only; unset, this does nothing): at ``point``
+    ("prepare", "in-flight"), writer ``part-I-`` touches <folder>/<prefix>.<point>.reached,
+    and if <folder>/<prefix>.<point>.hold exists waits for <prefix>.<point>.go (once per
+    point and process). Lets a test order two writers' steps exactly."""
+    folder = os.environ.get("MINILM_TEST_HOOK")
+    key = f"{session.names.prefix}.{point}"
+    if not folder or key in _REACHED:
+        return
+    _REACHED.add(key)
+    storage = storage_for(folder)
+    storage.write_atomic(os.path.join(folder, f"{key}.reached"), b"")
+    if storage.exists(os.path.join(folder, f"{key}.hold")):
+        deadline = time.monotonic() + 120
+        while not storage.exists(os.path.join(folder, f"{key}.go")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+_REACHED: set[str] = set()
