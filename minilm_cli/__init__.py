@@ -14,9 +14,9 @@ def __getattr__(name: str):
 
         return getattr(pipeline, name)
     if name in ("open_dataset", "finished_files"):
-        from . import manifest
+        from . import output
 
-        return getattr(manifest, name)
+        return getattr(output, name)
     if name == "EmbedConfig":
         from .config import EmbedConfig
 

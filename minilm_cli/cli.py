@@ -328,12 +328,12 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("output", type=click.Path(file_okay=False))
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
 @handle_errors
 def verify(output: str) -> None:
     """Check OUTPUT against its manifest: every shard present, checksums, row counts, dim,
     no NaN/Inf, unique ids. Exit 0 when sound, 4 with a report when not."""
-    from .verify import verify_output
+    from .output import verify_output
 
     report = verify_output(output)
     click.echo(report.text())
@@ -347,7 +347,7 @@ def verify(output: str) -> None:
 def merge_manifests_command(output: str) -> None:
     """Check that the manifest parts of a sharded run (manifest-I-of-N.json) cover the whole
     input once and are complete, then write one OUTPUT/manifest.json. Exit 4 when not."""
-    from .manifest import merge_manifests
+    from .output import merge_manifests
 
     path, problems = merge_manifests(output)
     if problems:

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from .config import EmbedConfig
 from .errors import ExitCode, InputError, Interrupted, MinilmError, OutputConflict
-from .manifest import merge_manifests
 from .model import usable_cpus
+from .output import merge_manifests
+from .storage import storage_for
 
 
 def parse_devices(spec: str) -> list[str] | None:
@@ -45,9 +46,10 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
         )
     if cfg.to_stdout:
         raise InputError("several devices need a directory OUTPUT, not -o -")
-    merged = Path(cfg.output) / "manifest.json"
-    if cfg.overwrite and merged.exists():
-        merged.unlink()  # the workers replace their parts; the merged list would be stale
+    merged = str(Path(cfg.output) / "manifest.json")
+    storage = storage_for(cfg.output)
+    if cfg.overwrite and storage.exists(merged):
+        storage.remove(merged)  # the workers replace their parts; the merged list would be stale
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from minilm_cli.cli import main
+from minilm_cli.errors import MinilmError
+from minilm_cli.output.manifest import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = (REPO / "sample_data" / "glosses.txt").read_text(encoding="utf-8").split()
@@ -31,14 +32,15 @@ def cli(args: list[str]):
     return CliRunner().invoke(main, args)
 
 
-def manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+def manifest(out: Path, name: str = "manifest.json") -> dict:
+    """The manifest as readers see it: the header plus the commit markers of a live run."""
+    return Manifest.load(str(out / name)).doc
 
 
-def listed_shards(out: Path) -> int:
+def listed_shards(out: Path, name: str = "manifest.json") -> int:
     try:
-        return len(manifest(out)["shards"])
-    except (FileNotFoundError, ValueError, KeyError):
+        return len(manifest(out, name)["shards"])
+    except (MinilmError, ValueError, KeyError):
         return -1
 
 
@@ -55,7 +57,9 @@ def output_files(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): sha256(p)
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name not in ("manifest.json", ".manifest.json.lock")
+        if p.is_file()
+        and p.name not in ("manifest.json", ".manifest.json.lock")
+        and ".minilm-shards" not in p.parts
     }
 
 

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from minilm_cli.config import EmbedConfig
 from minilm_cli.errors import InputError, MinilmError
+from minilm_cli.output import verify_output
 from minilm_cli.pipeline import run_job
-from minilm_cli.verify import verify_output
 
 
 def rejects(out: Path) -> list[dict]:

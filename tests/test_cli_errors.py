@@ -459,7 +459,7 @@ def test_layout_flags_that_contradict(
 
 
 def test_verify_of_a_non_output(tmp_path: Path) -> None:
-    assert_error(invoke(["verify", tmp_path]), 3, "manifest.json")
+    assert_error(invoke(["verify", tmp_path]), 4, "manifest.json")  # damage, not a conflict
 
 
 # ---------------------------------------------------------------------------- usage errors and a real process

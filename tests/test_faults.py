@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from helpers import REPO, cli, embeddings, manifest, model_args, output_files, write_corpus
 
-import minilm_cli.manifest
 import minilm_cli.pipeline.stages
-import minilm_cli.sinks
+from minilm_cli.storage.local import LocalPendingFile, LocalStorage
 
 ROWS = 3000
 PLAN = ["--shard-rows", "500", "--chunk-size", "250"]
@@ -75,16 +74,18 @@ def reference(tmp_path_factory, tiny_model_dir, corpus) -> Path:
 def test_disk_full_while_publishing_third_shard(tmp_path, tiny_model_dir, corpus, reference, monkeypatch):
     out = tmp_path / "out"
     args = ["embed", str(corpus), "-o", str(out), *PLAN, *model_args(tiny_model_dir)]
-    real_publish = minilm_cli.sinks.publish
+    real_commit = LocalPendingFile.commit
     calls = []
 
-    def publish(tmp: Path, final: Path) -> None:
-        calls.append(final.name)
-        if final.name.startswith("part-00002"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-        real_publish(tmp, final)
+    def commit(self) -> None:
+        name = os.path.basename(self.path)
+        if name.startswith("part-") and name.endswith(".parquet"):
+            calls.append(name)
+            if name.startswith("part-00002"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.temp)
+        real_commit(self)
 
-    monkeypatch.setattr(minilm_cli.sinks, "publish", publish)
+    monkeypatch.setattr(LocalPendingFile, "commit", commit)
     result = cli(args)
     monkeypatch.undo()
 
@@ -110,18 +111,18 @@ def test_disk_full_while_saving_the_manifest(tmp_path, tiny_model_dir, corpus, r
     half temp file is all that lands) and stays as it was, listing shards 0 and 1."""
     out = tmp_path / "out"
     args = ["embed", str(corpus), "-o", str(out), *PLAN, *model_args(tiny_model_dir)]
-    real_write_atomic = minilm_cli.manifest.write_atomic
+    real_write_atomic = LocalStorage.write_atomic
     full = []
 
-    def write_atomic(final: Path, data: bytes) -> None:
-        if full or b'"part-00002.parquet"' in data:
+    def write_atomic(self, final: str, data: bytes) -> None:
+        if full or b'"part-00002.parquet"' in data:  # the shard's commit marker, then the header
             full.append(final)
-            tmp = final.with_name(f".{final.name}.tmp")
+            tmp = Path(final).with_name(f".{Path(final).name}.tmp")
             tmp.write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_atomic(final, data)
+        real_write_atomic(self, final, data)
 
-    monkeypatch.setattr(minilm_cli.manifest, "write_atomic", write_atomic)
+    monkeypatch.setattr(LocalStorage, "write_atomic", write_atomic)
     result = cli(args)
     monkeypatch.undo()
 

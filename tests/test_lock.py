@@ -14,7 +14,8 @@ import pytest
 from helpers import REPO, cli, listed_files, listed_shards, manifest, model_args, sha256, write_corpus
 
 from minilm_cli.errors import OutputConflict
-from minilm_cli.outdir import OutputDir
+from minilm_cli.output.layout import Layout
+from minilm_cli.output.outdir import OutputDir
 
 ROWS = 20_000
 PLAN = ["--shard-rows", "2000", "--chunk-size", "500"]
@@ -55,7 +56,7 @@ def test_second_writer_refused_then_lock_freed_by_sigkill(tmp_path, tiny_model_d
 
         # The library-level lock says the same.
         with pytest.raises(OutputConflict, match="in use by another run"):
-            OutputDir(out).acquire()
+            OutputDir(Layout(str(out))).acquire()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -84,7 +85,7 @@ def test_lock_is_released_after_a_run_and_after_a_failed_one(tmp_path, tiny_mode
     assert "not empty" in refused.stderr
     again = cli([*base, "--overwrite"])
     assert again.exit_code == 0, again.output
-    holder = OutputDir(out)
+    holder = OutputDir(Layout(str(out)))
     holder.acquire()
     try:
         busy = cli([*base, "--resume"])

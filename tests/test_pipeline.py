@@ -80,7 +80,7 @@ def test_a_10_mb_line_costs_about_what_a_normal_row_costs(tmp_path, tiny_model_d
         ["embed", str(huge), "-o", str(tmp_path / "b"), *model_args(tiny_model_dir)], tmp_path
     )
     assert peak - base < 100 * 1024, (base, peak)  # within 100 MB of a normal run
-    from minilm_cli.manifest import Manifest
+    from minilm_cli.output import Manifest
 
     totals = Manifest.load(tmp_path / "b" / "manifest.json").doc["totals"]
     assert totals["rows"] == 2001

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import minilm_cli
 from minilm_cli.cli import main
-from minilm_cli.verify import verify_output
+from minilm_cli.output import verify_output
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

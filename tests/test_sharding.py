@@ -13,16 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import listed_shards, manifest
 
 import minilm_cli
 from minilm_cli.cli import main
 from minilm_cli.config import EmbedConfig
 from minilm_cli.errors import InputError
-from minilm_cli.manifest import merge_manifests
+from minilm_cli.output import merge_manifests, verify_output
 from minilm_cli.pipeline import run_job
 from minilm_cli.sharding import plan_splits, shard_from_env
 from minilm_cli.sources import resolve_inputs
-from minilm_cli.verify import verify_output
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +153,12 @@ def test_shard_index_killed_and_resumed_alone(tiny_model_dir, tmp_path):
     part = out / "manifest-00001-of-00002.json"
     deadline = time.time() + 60
     while time.time() < deadline:
-        if part.exists() and len(json.loads(part.read_text())["shards"]) >= 2:
+        if listed_shards(out, part.name) >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads(part.read_text())["status"] == "running"
+    assert manifest(out, part.name)["status"] == "running"
     subprocess.run(cmd + args + ["-o", str(out), "--shard-index", "1", "--resume"], check=True)
     assert merge_manifests(out)[1] == []
     assert verify_output(out).ok

@@ -148,7 +148,7 @@ def test_sigterm_in_process_run_is_reported_as_interrupted(tmp_path, tiny_model_
 def test_interrupted_manifest_totals_match_its_shards(tmp_path, tiny_model_dir, monkeypatch):
     """SIGTERM (a real one, to this process) arrives while the third shard is two chunks in:
     the manifest lists two shards, and its totals should say what those two hold."""
-    from minilm_cli.sinks import ShardWriter
+    from minilm_cli.output import ShardWriter
 
     src = write_corpus(tmp_path / "in.txt", 1500, seed=13)
     out = tmp_path / "out"

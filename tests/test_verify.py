@@ -228,7 +228,13 @@ def test_rewritten_shard_with_finite_values_passes(output):
     assert result.exit_code == 0, result.output
 
 
-def test_duplicate_ids_across_shards(tmp_path, tiny_model_dir, inputs):
+def warnings_of(result) -> list[str]:
+    head = "  warning: "
+    return [line[len(head) :] for line in result.output.splitlines() if line.startswith(head)]
+
+
+def test_duplicate_ids_across_shards_warn_under_id_column(tmp_path, tiny_model_dir, inputs):
+    """--id-column ids are the user's: a repeat is reported and counted, not a failure."""
     out = tmp_path / "out"
     result = cli(
         [
@@ -246,17 +252,42 @@ def test_duplicate_ids_across_shards(tmp_path, tiny_model_dir, inputs):
         ]
     )
     assert result.exit_code == 0, result.output
-    found = assert_fails(out, "shard 2: 1 ids also appear in an earlier shard, e.g. 'r10'")
-    assert len(found) == 1, found
+    check = cli(["verify", str(out)])
+    assert check.exit_code == 0, check.output
+    assert check.output.startswith(f"ok: {out}:")
+    assert warnings_of(check) == ["shard 2: 1 ids also appear in an earlier shard, e.g. 'r10'"]
+    from minilm_cli.output import count_duplicate_ids, verify_output
+
+    assert verify_output(out).duplicate_ids == 1
+    assert count_duplicate_ids(out) == 1
 
 
-def test_duplicate_ids_inside_a_shard(tmp_path, tiny_model_dir):
+def test_duplicate_ids_inside_a_shard_warn_under_id_column(tmp_path, tiny_model_dir):
     src = tmp_path / "in.csv"
     src.write_text("id,text\n1,one\n2,two\n1,three\n3,four\n")
     out = tmp_path / "out"
     result = cli(["embed", str(src), "-o", str(out), "--id-column", "id", *model_args(tiny_model_dir), "-q"])
     assert result.exit_code == 0, result.output
-    assert_fails(out, "shard 0: 1 duplicate ids inside the shard")
+    check = cli(["verify", str(out)])
+    assert check.exit_code == 0, check.output
+    assert warnings_of(check) == ["shard 0: 1 duplicate ids inside the shard, e.g. 1"]
+
+
+def test_duplicate_default_ids_fail(tmp_path, tiny_model_dir):
+    """Default ids are row numbers: a repeat means rows were written twice, a failure.
+    Shard 0's file is copied over shard 1's (manifest bytes and sha256 updated to match)."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"line {i}\n" for i in range(300)))
+    out = tmp_path / "out"
+    result = cli(["embed", str(src), "-o", str(out), *PLAN, *model_args(tiny_model_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    doc = load(out)
+    first, second = (out / doc["shards"][i]["files"]["data"]["path"] for i in (0, 1))
+    shutil.copy(first, second)
+    doc["shards"][1]["files"]["data"].update(bytes=second.stat().st_size, sha256=sha256(second))
+    save(out, doc)
+    found = assert_fails(out, "shard 1: 100 ids also appear in an earlier shard, e.g. 0")
+    assert len(found) == 1, found
 
 
 def test_incomplete_run_is_reported(output):
@@ -286,11 +317,55 @@ def test_unreadable_manifest_is_reported(output):
 
 
 def test_not_an_output(tmp_path):
+    """A folder without a manifest (emptied, or its manifest deleted) is damage: exit 4."""
     result = cli(["verify", str(tmp_path)])
-    assert result.exit_code not in (0, 1), result.output
+    assert result.exit_code == 4, result.output
     assert result.output.strip().splitlines() == [
-        f"minilm: error: {tmp_path} holds no manifest.json: not a minilm output"
+        f"minilm: error: {tmp_path} holds no manifest.json: not a minilm output, or its manifest was deleted"
     ]
+
+
+def test_deleted_manifest_is_damage(output):
+    fmt, out = output
+    (out / "manifest.json").unlink()
+    result = cli(["verify", str(out)])
+    assert result.exit_code == 4, result.output
+    assert "holds no manifest.json" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_output_path_is_a_usage_error(tmp_path):
+    result = cli(["verify", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_live_run_is_reported_in_progress(output):
+    from minilm_cli.output.layout import Layout
+    from minilm_cli.output.outdir import OutputDir
+
+    fmt, out = output
+    holder = OutputDir(Layout(str(out)))
+    holder.acquire()
+    try:
+        found = assert_fails(out, "manifest.json: a run is in progress (pid")
+    finally:
+        holder.release()
+    assert len(found) == 1, found
+    assert not (out / ".manifest.json.lock").exists()
+    assert cli(["verify", str(out)]).exit_code == 0
+
+
+def test_manifest_from_a_newer_version_is_one_line(output):
+    fmt, out = output
+    doc = load(out)
+    doc["format_version"] = 99
+    save(out, doc)
+    result = cli(["verify", str(out)])
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "format_version 99, written by a newer minilm-cli" in lines[0], lines
 
 
 @pytest.mark.parametrize("damage", ["shard-without-rows", "files-not-a-dict", "manifest-is-a-list"])

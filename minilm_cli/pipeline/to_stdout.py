@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from ..batching import Chunk
-from ..sinks import JsonLinesWriter
+from ..output import JsonLinesWriter
 from .result import JobResult
 from .run import Run
 

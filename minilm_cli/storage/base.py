@@ -29,7 +29,7 @@ class PendingFile(Protocol):
 class Lock(Protocol):
     """One writer at a time; released explicitly, and by the system when the holder dies."""
 
-    def release(self) -> None: ...
+    def release(self, remove: bool = False) -> None: ...
 
 
 class Storage(Protocol):
@@ -60,3 +60,17 @@ class Storage(Protocol):
     def make_dirs(self, path: str) -> None: ...
 
     def lock(self, path: str) -> Lock: ...
+
+    def lock_holder(self, path: str) -> str | None:
+        """Who holds the lock at ``path`` (a pid, or "?"), or None when nobody does.
+        Looks without taking it or changing the file."""
+        ...
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``; a negative ``start`` counts from the end."""
+        ...
+
+    def scratch(self) -> IO[bytes]:
+        """An anonymous local temp file (read + write, seekable), gone once closed: spools
+        and sort runs, never output."""
+        ...

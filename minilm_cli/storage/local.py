@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import glob as globbing
 import os
+import tempfile
 from typing import IO
 
 from ..errors import OutputConflict
@@ -137,6 +138,27 @@ class LocalStorage:
 
     def lock(self, path: str) -> LocalLock:
         return LocalLock(os.fspath(path))
+
+    def lock_holder(self, path: str) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # closing drops the shared lock, if it was taken
+        return None
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+            return f.read(length)
+
+    def scratch(self) -> IO[bytes]:
+        return tempfile.TemporaryFile()
 
 
 def _remove(path: str) -> None:

@@ -1,0 +1,139 @@
+"""Reading an OUTPUT whole: its finished files, open_dataset, and merge-manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputConflict
+from ..storage import Storage, storage_for
+from .layout import Layout
+from .manifest import Manifest, ManifestError, find_manifests, first_difference, manifest_parts
+
+
+def listed_file_problems(root: str, shards: list[dict], storage: Storage | None = None) -> list[str]:
+    """Every file the shards list must exist with its recorded size."""
+    storage = storage or storage_for(root)
+    problems = []
+    for shard in shards:
+        for rec in shard["files"].values():
+            info = storage.info(os.path.join(root, rec["path"]))
+            if info is None:
+                problems.append(f"{rec['path']} is missing")
+            elif info.size != rec["bytes"]:
+                problems.append(f"{rec['path']} is {info.size} bytes, manifest says {rec['bytes']}")
+    return problems
+
+
+def settings_mix_problems(named: list[tuple[str, dict]]) -> list[str]:
+    """Parts of one output must share every setting but their own shard index."""
+
+    def comparable(doc: dict) -> dict:
+        settings = dict(doc.get("settings") or {})
+        plan = settings.get("plan")
+        if isinstance(plan, dict):
+            settings["plan"] = {k: v for k, v in plan.items() if k != "shard_index"}
+        return settings
+
+    if not named:
+        return []
+    first_name, first = named[0]
+    problems = []
+    for name, doc in named[1:]:
+        why = first_difference(comparable(first), comparable(doc), labels=(first_name, name))
+        if why:
+            problems.append(f"parts were embedded with different settings: {why}")
+    return problems
+
+
+def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
+    """The files of finished shards, in order, as every manifest part under ``root`` lists them.
+
+    ``role``: "data" (parquet layout), "embeddings" / "metadata" (npy layout), "rejects".
+    Default: the table files, "data" or "metadata". Raises OutputConflict when a listed
+    file is missing or not the size the manifest recorded: rows would silently be lost.
+    """
+    root = os.fspath(root)
+    paths = []
+    for part in find_manifests(root):
+        shards = Manifest.load(part).shards
+        problems = listed_file_problems(root, shards)
+        if problems:
+            raise OutputConflict(
+                f"{part}: {problems[0]} (and {len(problems) - 1} more problem(s))"
+                if len(problems) > 1
+                else f"{part}: {problems[0]}"
+            )
+        for shard in shards:
+            files = shard["files"]
+            wanted = role or ("data" if "data" in files else "metadata")
+            if wanted in files:
+                paths.append(Path(root) / files[wanted]["path"])
+    return paths
+
+
+def open_dataset(root: str | Path) -> Any:
+    """A pyarrow Dataset over the finished shards only (ids, embeddings or metadata, kept columns)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset([str(p) for p in finished_files(root)], format="parquet")
+
+
+def load_parts(root: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """((name, manifest doc) of every readable part, problems of the others)."""
+    named, problems = [], []
+    for path in manifest_parts(root):
+        name = os.path.basename(path)
+        try:
+            named.append((name, Manifest.load(path).doc))
+        except ManifestError as exc:
+            if exc.kind == "newer":
+                raise
+            problems.append(f"{name}: {exc.kind} manifest ({exc.detail})")
+    return named, problems
+
+
+def merge_manifests(root: str | Path) -> tuple[Path, list[str]]:
+    """Check that the parts of a sharded run tile the input, share their settings, are
+    complete and their files are all there; if so, write one OUTPUT/manifest.json listing
+    every shard. Returns (path, problems)."""
+    from ..sharding import coverage_problems
+
+    root = os.fspath(root)
+    target = Path(root) / "manifest.json"
+    if not manifest_parts(root):
+        raise OutputConflict(f"{root} holds no manifest-*-of-*.json parts to merge")
+    named, problems = load_parts(root)
+    docs = [doc for _, doc in named]
+    problems += settings_mix_problems(named)
+    if not problems:
+        problems += coverage_problems(docs)
+    problems += [
+        f"{n}: run is {d.get('status')!r}, not complete" for n, d in named if d.get("status") != "complete"
+    ]
+    for name, doc in named:
+        problems += [f"{name}: {p}" for p in listed_file_problems(root, doc["shards"])]
+    if problems:
+        return target, problems
+    docs.sort(key=lambda d: d["settings"]["plan"]["shard_index"])
+    merged = Manifest.new(Layout(root), docs[0]["settings"], docs[0]["inputs"], docs[0]["runtime"])
+    merged.doc.pop("markers")
+    merged.doc["settings"] = {
+        **docs[0]["settings"],
+        "plan": {**docs[0]["settings"]["plan"], "shard_index": None},
+    }
+    merged.doc["parts"] = [
+        name for name, _ in sorted(named, key=lambda n: n[1]["settings"]["plan"]["shard_index"])
+    ]
+    row = 0
+    for doc in docs:
+        for shard in doc["shards"]:
+            merged.shards.append({**shard, "first_row": row, "part": doc["settings"]["plan"]["shard_index"]})
+            row += shard["rows"]
+    totals: dict[str, Any] = {}
+    for key in ("rows", "rejected", "truncated", "shards", "tokens", "padded_tokens"):
+        totals[key] = sum(d["totals"].get(key, 0) for d in docs)
+    totals["seconds"] = max(d["totals"].get("seconds", 0) for d in docs)
+    merged.finish("complete", totals)
+    return target, []

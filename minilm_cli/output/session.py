@@ -1,0 +1,194 @@
+"""One writer's output, start to end: the lock, the manifest, the shards, and how it ends.
+
+The pipeline drives it; every file this writer touches goes through it:
+
+    session = OutputSession(root, "parquet", "float32", shard_index, num_shards, schema)
+    session.acquire()                      # the lock; nothing in OUTPUT is read before it
+    try:
+        point = session.start(settings, inputs, runtime, assignment, overwrite, resume)
+        ... session.write(chunk, embeddings)   # writer thread only
+        session.finish(totals, record_end)     # or session.fail(exc, totals)
+    finally:
+        session.release()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..batching import Chunk
+from ..errors import InputError, Interrupted, OutputConflict
+from ..storage import Storage, storage_for
+from .layout import Layout
+from .manifest import Manifest
+from .outdir import OutputDir
+from .writers import ShardRecord, ShardWriter
+
+
+@dataclass
+class ResumePoint:
+    """Where the run starts: after ``finished_shards`` (all of them when ``complete``)."""
+
+    next_shard: int
+    first_row: int
+    first_record: int
+    finished_shards: list[dict[str, Any]]
+    complete: bool
+    resumed: bool = False  # continuing an existing manifest (--resume)
+
+
+class OutputSession:
+    """The output of one writer: a single run, or part ``shard_index`` of ``num_shards``."""
+
+    # Test hook, off by default: called on the writer thread while a shard is in flight
+    # (a chunk written, the shard not yet committed). See also MINILM_TEST_HOOK below.
+    on_shard_in_flight: Callable[[OutputSession], None] | None = None
+
+    def __init__(
+        self,
+        root: str,
+        layout: str,
+        dtype: str,
+        shard_index: int = 0,
+        num_shards: int = 1,
+        metadata_schema: pa.Schema | None = None,
+        storage: Storage | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.names = Layout(os.fspath(root), shard_index, num_shards)
+        self.format = layout
+        self.dtype = dtype
+        self.metadata_schema = metadata_schema
+        self.storage = storage or storage_for(self.names.root)
+        self.outdir = OutputDir(self.names, self.storage)
+        self.log = log or (lambda message: None)
+        self.manifest: Manifest | None = None
+        self.writer: ShardWriter | None = None
+        self.fresh = False
+
+    @property
+    def root(self) -> str:
+        return self.names.root
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        """The finished shards, as the manifest lists them."""
+        return self.manifest.shards if self.manifest is not None else []
+
+    def acquire(self) -> None:
+        self.outdir.acquire()
+
+    def release(self) -> None:
+        self.outdir.release(remove=True)
+
+    def start(
+        self,
+        settings: dict[str, Any],
+        inputs: list[dict[str, Any]],
+        runtime: dict[str, Any],
+        assignment: dict[str, Any],
+        overwrite: bool,
+        resume: bool,
+    ) -> ResumePoint:
+        hook_point(self, "prepare")
+        existing = self.outdir.prepare(overwrite, resume)
+        self.fresh = existing is None
+        if existing is not None:
+            why = existing.mismatch(settings, inputs)
+            if why:
+                raise OutputConflict(f"--resume refused: {why}")
+            self._drop_damaged(existing)
+            self.outdir.drop_unlisted(existing)
+            manifest = existing
+        else:
+            manifest = Manifest.new(self.names, settings, inputs, runtime)
+            manifest.doc["assignment"] = dict(assignment)
+        self.manifest = manifest
+        next_shard, first_row, first_record = manifest.resume_point()
+        complete = existing is not None and manifest.doc.get("status") == "complete"
+        if not complete:
+            manifest.doc["status"] = "running"
+            manifest.doc["runtime"] = runtime
+            manifest.save()
+            self.writer = ShardWriter(
+                self.names, self.format, self.dtype, next_shard, self.metadata_schema, self.storage
+            )
+        return ResumePoint(
+            next_shard, first_row, first_record, list(manifest.shards), complete, existing is not None
+        )
+
+    def _drop_damaged(self, manifest: Manifest) -> None:
+        """A listed shard that is missing or damaged on disk is redone, with every shard after it."""
+        damaged = self.outdir.first_damaged(manifest)
+        if damaged is None:
+            return
+        position, why = damaged
+        self.log(f"shard {manifest.shards[position]['index']}: {why}; redoing it and the shards after it")
+        manifest.truncate(position)
+        manifest.doc["status"] = "running"
+
+    def write(self, chunk: Chunk, embeddings: np.ndarray) -> ShardRecord | None:
+        """Writer thread only. Commits the shard, then its marker, when ``chunk.shard_end``."""
+        assert self.writer is not None and self.manifest is not None, "start() first"
+        record = self.writer.write(chunk, embeddings)
+        if record is not None:
+            self.manifest.add_shard(record)
+        elif self.writer._open is not None:
+            _in_flight(self)
+        return record
+
+    def finish(self, totals: dict[str, Any], record_end: int) -> None:
+        assert self.manifest is not None
+        self.manifest.doc.setdefault("assignment", {})["record_end"] = record_end
+        self.manifest.finish("complete", totals)
+
+    def fail(self, exc: BaseException, totals: dict[str, Any]) -> None:
+        """Discard the open shard; undo a fresh start that failed on its input before any
+        shard; else mark the manifest interrupted or failed (its shards stay valid)."""
+        if self.writer is not None:
+            self.writer.abort()
+        if self.manifest is None:
+            return
+        if self.fresh and not self.manifest.shards and isinstance(exc, InputError):
+            self.outdir.undo_fresh_start()
+            return
+        status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
+        try:
+            self.manifest.finish(status, totals)
+        except OSError:
+            pass  # disk full: the header and markers stay, listing every finished shard
+
+
+def _in_flight(session: OutputSession) -> None:
+    hook = OutputSession.on_shard_in_flight
+    if hook is not None:
+        hook(session)
+    hook_point(session, "in-flight")
+
+
+def hook_point(session: OutputSession, point: str) -> None:
+    """MINILM_TEST_HOOK=<folder> (tests only; unset, this does nothing): at ``point``
+    ("prepare", "in-flight"), writer ``part-I-`` touches <folder>/<prefix>.<point>.reached,
+    and if <folder>/<prefix>.<point>.hold exists waits for <prefix>.<point>.go (once per
+    point and process). Lets a test order two writers' steps exactly."""
+    folder = os.environ.get("MINILM_TEST_HOOK")
+    key = f"{session.names.prefix}.{point}"
+    if not folder or key in _REACHED:
+        return
+    _REACHED.add(key)
+    storage = storage_for(folder)
+    storage.write_atomic(os.path.join(folder, f"{key}.reached"), b"")
+    if storage.exists(os.path.join(folder, f"{key}.hold")):
+        deadline = time.monotonic() + 120
+        while not storage.exists(os.path.join(folder, f"{key}.go")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+_REACHED: set[str] = set()

@@ -1,0 +1,241 @@
+"""`minilm verify OUTPUT`: does what is on disk match what the manifest promises?"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import ExitCode, MinilmError
+from ..storage import Storage, storage_for
+from .ids import DuplicateScan
+from .layout import shard_folders
+from .manifest import Manifest, ManifestError, find_manifests, layout_of
+from .merge import settings_mix_problems
+from .writers import sha256_of
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    shards: int = 0
+    rows: int = 0
+    rejected: int = 0
+    duplicate_ids: int = 0
+    dim: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        head = (
+            f"{self.root}: {self.shards} shard(s), {self.rows} rows, {self.rejected} rejected, dim {self.dim}"
+        )
+        warned = [f"  warning: {w}" for w in self.warnings]
+        if self.ok:
+            return "\n".join([f"ok: {head}", *warned])
+        lines = [f"FAILED: {head}; {len(self.problems)} problem(s):"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines + warned)
+
+
+@dataclass
+class _Shard:
+    """A shard being checked: what to call it in the report, and where its ids are."""
+
+    label: str
+    table: str
+
+
+class _Verifier:
+    def __init__(self, root: str, storage: Storage) -> None:
+        self.root = root
+        self.storage = storage
+        self.report = VerifyReport(Path(root))
+        self.scan = DuplicateScan(storage)
+        self.seen: list[_Shard] = []
+        self.listed: set[str] = set()
+        self.docs: list[tuple[str, dict]] = []
+        self.all_read = True
+        self.id_column: str | None = None
+
+    def run(self, manifests: list[str]) -> VerifyReport:
+        try:
+            for path in manifests:
+                self.manifest(path)
+            if self.docs:
+                self.id_column = self.docs[0][1].get("settings", {}).get("id_column")
+            if len(self.docs) > 1 or (self.docs and self.docs[0][0] != "manifest.json"):
+                self.parts()
+            self.duplicates()
+            if self.all_read:
+                self.orphans()
+        finally:
+            self.scan.close()
+        return self.report
+
+    def manifest(self, path: str) -> None:
+        name = os.path.basename(path)
+        try:
+            manifest = Manifest.load(path, self.storage)
+        except ManifestError as exc:
+            if exc.kind == "newer":
+                raise
+            self.all_read = False
+            return self.report.problems.append(f"{name}: {exc.kind} manifest ({exc.detail})")
+        holder = self.storage.lock_holder(layout_of(path).lock_path)
+        try:
+            self.check_manifest(name, manifest.doc, holder)
+            self.docs.append((name, manifest.doc))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            self.all_read = False
+            self.report.problems.append(f"{name}: malformed manifest ({type(exc).__name__}: {exc})")
+
+    def check_manifest(self, name: str, doc: dict, holder: str | None) -> None:
+        settings = doc.get("settings", {})
+        report = self.report
+        report.dim = settings.get("dim")
+        if holder is not None:
+            report.problems.append(f"{name}: a run is in progress (pid {holder}); verify it once it ends")
+        elif doc.get("status") != "complete":
+            report.problems.append(
+                f"{name}: run is {doc.get('status')!r}, not complete; rerun it with --resume"
+            )
+        by_file = name != "manifest.json" or "parts" in doc
+        next_row = 0
+        for shard in doc.get("shards", []):
+            report.shards += 1
+            report.rows += shard["rows"]
+            report.rejected += shard["rejected"]
+            files = shard["files"]
+            table = files["data" if "data" in files else "metadata"]["path"]
+            label = os.path.basename(table) if by_file else f"shard {shard['index']}"
+            if shard["first_row"] != next_row and not by_file:
+                report.problems.append(f"{label}: starts at row {shard['first_row']}, expected {next_row}")
+            next_row = shard["first_row"] + shard["rows"]
+            self.listed |= {f["path"] for f in files.values()}
+            report.problems += [
+                f"{label}: {p}" for p in self.check_shard(_Shard(label, table), shard, settings)
+            ]
+        totals = doc.get("totals") or {}
+        rows = sum(s["rows"] for s in doc.get("shards", []))
+        if doc.get("status") == "complete" and totals.get("rows") != rows:
+            report.problems.append(f"{name}: totals say {totals.get('rows')} rows, shards hold {rows}")
+
+    def check_shard(self, shard: _Shard, entry: dict, settings: dict) -> list[str]:
+        problems = []
+        for rec in entry["files"].values():
+            path = os.path.join(self.root, rec["path"])
+            info = self.storage.info(path)
+            if info is None:
+                problems.append(f"{rec['path']} is missing")
+            elif info.size != rec["bytes"]:
+                problems.append(f"{rec['path']} is {info.size} bytes, manifest says {rec['bytes']}")
+            elif sha256_of(self.storage, path) != rec["sha256"]:
+                problems.append(f"{rec['path']}: checksum mismatch (changed since it was written)")
+        if problems:
+            return problems
+        try:
+            embeddings, ids = self.read_shard(entry["files"], settings.get("format", "parquet"))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
+            return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
+        return problems + self.check_rows(shard, entry, settings, embeddings, ids)
+
+    def check_rows(
+        self, shard: _Shard, entry: dict, settings: dict, embeddings: np.ndarray, ids
+    ) -> list[str]:
+        problems = []
+        rows = entry["rows"]
+        if embeddings.shape[0] != rows or len(ids) != rows:
+            problems.append(
+                f"holds {embeddings.shape[0]} embeddings and {len(ids)} id rows, manifest says {rows}"
+            )
+        if rows and embeddings.shape[1] != settings.get("dim"):
+            problems.append(f"dim {embeddings.shape[1]}, manifest says {settings.get('dim')}")
+        bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
+        if bad:
+            problems.append(f"{bad} rows hold NaN or Inf")
+        if ids.null_count:
+            problems.append(f"{ids.null_count} null ids")
+        else:
+            self.scan.add(ids)
+            self.seen.append(shard)
+        files = entry["files"]
+        if "rejects" in files:
+            with self.storage.open_read(os.path.join(self.root, files["rejects"]["path"])) as f:
+                lines = sum(1 for _ in f)
+            if lines != entry["rejected"]:
+                problems.append(f"rejects file has {lines} lines, manifest says {entry['rejected']}")
+        elif entry["rejected"]:
+            problems.append(f"manifest lists {entry['rejected']} rejects but no rejects file")
+        return problems
+
+    def read_shard(self, files: dict, layout: str) -> tuple[np.ndarray, pa.ChunkedArray]:
+        if layout == "npy":
+            with self.storage.open_read(os.path.join(self.root, files["embeddings"]["path"])) as f:
+                embeddings = np.load(f)
+            meta = pq.read_table(self.storage.open_read(os.path.join(self.root, files["metadata"]["path"])))
+            return np.asarray(embeddings, dtype=np.float32), meta.column("id")
+        table = pq.read_table(self.storage.open_read(os.path.join(self.root, files["data"]["path"])))
+        column = table.column("embedding").combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        return values.reshape(-1, column.type.list_size), table.column("id")
+
+    def parts(self) -> None:
+        from ..sharding import coverage_problems
+
+        mix = settings_mix_problems(self.docs)
+        self.report.problems += mix
+        if not mix and self.docs[0][0] != "manifest.json":
+            self.report.problems += coverage_problems([doc for _, doc in self.docs])
+
+    def duplicates(self) -> None:
+        """Repeated ids: a failure for default ids (row numbers), a warning under --id-column."""
+        repeats = self.scan.repeats()
+        self.report.duplicate_ids = repeats.total
+        out = self.report.warnings if self.id_column else self.report.problems
+        for number, shard in enumerate(self.seen):
+            example = self._example(shard, repeats.example.get(number))
+            if repeats.inside.get(number):
+                out.append(f"{shard.label}: {repeats.inside[number]} duplicate ids inside the shard{example}")
+            if repeats.earlier.get(number):
+                out.append(
+                    f"{shard.label}: {repeats.earlier[number]} ids also appear in an earlier shard{example}"
+                )
+
+    def _example(self, shard: _Shard, row: int | None) -> str:
+        if row is None:
+            return ""
+        ids = pq.read_table(self.storage.open_read(os.path.join(self.root, shard.table)), columns=["id"])
+        return f", e.g. {ids.column('id')[row].as_py()!r}"
+
+    def orphans(self) -> None:
+        for folder in shard_folders(self.root):
+            for name in self.storage.list_dir(folder):
+                rel = os.path.relpath(os.path.join(folder, name), self.root)
+                if name.startswith("part-") and rel not in self.listed:
+                    self.report.problems.append(f"{rel} is not listed in any manifest")
+
+
+def verify_output(root: str | Path) -> VerifyReport:
+    """Check every shard of every manifest part under ``root``; never raises on bad data.
+
+    An OUTPUT that exists but holds no manifest (deleted, or the folder emptied) is damage:
+    a one-line error with exit 4. A manifest from a newer minilm-cli: exit 3.
+    """
+    root = os.fspath(root)
+    storage = storage_for(root)
+    manifests = find_manifests(root, storage)
+    if not manifests:
+        raise MinilmError(
+            f"{root} holds no manifest.json: not a minilm output, or its manifest was deleted",
+            ExitCode.VERIFY_FAILED,
+        )
+    return _Verifier(root, storage).run(manifests)

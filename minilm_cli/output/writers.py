@@ -1,0 +1,245 @@
+"""Embeddings and their row metadata into shards, or JSON lines on stdout.
+
+A shard's files are written through the storage layer as pending files: invisible under
+their final names until ``commit``, so a reader or a resumed run never mistakes a
+half-written shard for a finished one. Every shard of a run gets the same Parquet schema:
+``metadata_schema`` (id + kept columns) when the run resolved one, else the first table's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..batching import Chunk
+from ..errors import InputError
+from ..storage import PendingFile, Storage, storage_for
+from .layout import Layout
+
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class FileRecord:
+    path: str  # relative to OUTPUT
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ShardRecord:
+    """A finished shard, as the manifest lists it."""
+
+    index: int
+    rows: int
+    rejected: int
+    first_row: int
+    record_end: int
+    truncated: int
+    tokens: int
+    padded_tokens: int
+    files: dict[str, FileRecord]
+
+
+def sha256_of(storage: Storage, path: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_read(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedding_array(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    values = pa.array(embeddings.astype(NUMPY_DTYPES[dtype], copy=False).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(values, embeddings.shape[1])
+
+
+def metadata_table(chunk: Chunk) -> pa.Table:
+    table = pa.table({"id": chunk.ids})
+    if chunk.keep is not None:
+        for name in chunk.keep.column_names:
+            table = table.append_column(name, chunk.keep.column(name))
+    return table
+
+
+class ShardWriter:
+    """Writes the shards of one writer's ``layout`` under OUTPUT, one at a time."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        fmt: str,
+        dtype: str,
+        first_index: int = 0,
+        metadata_schema: pa.Schema | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        self.layout = layout
+        self.fmt = fmt
+        self.dtype = dtype
+        self.index = first_index
+        self.metadata_schema = metadata_schema
+        self.storage = storage or storage_for(layout.root)
+        self._open: _OpenShard | None = None
+
+    def write(self, chunk: Chunk, embeddings: np.ndarray) -> ShardRecord | None:
+        """Append a chunk; when it ends a shard, commit the shard and return its record."""
+        if self._open is None and (len(chunk) or chunk.rejects):
+            files = self.layout.shard_files(self.index, self.fmt)
+            self._open = _OpenShard(self, files, chunk.first_row)
+        if self._open is not None:
+            self._open.append(chunk, embeddings)
+            if chunk.shard_end:
+                shard, self._open = self._open, None
+                record = shard.commit(self.index, chunk.record_end)
+                self.index += 1
+                return record
+        return None
+
+    def abort(self) -> None:
+        """Drop the shard being written; finished shards are untouched."""
+        if self._open is not None:
+            self._open.discard()
+            self._open = None
+
+
+class _OpenShard:
+    """The files of one shard while it is being written, all pending."""
+
+    def __init__(self, writer: ShardWriter, files: dict[str, str], first_row: int) -> None:
+        self.w = writer
+        self.files = files
+        self.first_row = first_row
+        self.rows = self.rejected = self.truncated = self.tokens = self.padded_tokens = 0
+        self.pending: dict[str, PendingFile] = {}
+        self.parquet: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.npy: _NpySpool | None = None
+
+    def _create(self, role: str) -> PendingFile:
+        pending = self.w.storage.create(self.w.layout.path(self.files[role]))
+        self.pending[role] = pending
+        return pending
+
+    def append(self, chunk: Chunk, embeddings: np.ndarray) -> None:
+        if chunk.rejects:
+            stream = self.pending["rejects"].stream if "rejects" in self.pending else None
+            stream = stream or self._create("rejects").stream
+            lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in chunk.rejects)
+            stream.write(lines.encode("utf-8"))
+            self.rejected += len(chunk.rejects)
+        table = metadata_table(chunk)
+        if self.w.fmt == "npy":
+            if self.npy is None:
+                self.npy = _NpySpool(self.w.storage, embeddings.shape[1], NUMPY_DTYPES[self.w.dtype])
+            self.npy.append(embeddings)
+        else:
+            table = table.add_column(1, "embedding", embedding_array(embeddings, self.w.dtype))
+        if len(chunk) or self.parquet is None:
+            self._write_parquet(table)
+        self.rows += len(chunk)
+        if chunk.tokens is not None:
+            self.truncated += chunk.tokens.truncated
+            self.tokens += chunk.tokens.real_tokens
+            self.padded_tokens += chunk.tokens.padded_tokens
+
+    def _target_schema(self, table: pa.Schema) -> pa.Schema:
+        schema = self.w.metadata_schema
+        if schema is None:
+            return table
+        if self.w.fmt != "npy":
+            schema = schema.insert(1, table.field("embedding"))
+        return schema
+
+    def _write_parquet(self, table: pa.Table) -> None:
+        if self.parquet is None:
+            self.schema = self._target_schema(table.schema)
+            role = "metadata" if self.w.fmt == "npy" else "data"
+            self.parquet = pq.ParquetWriter(self._create(role).stream, self.schema)
+        try:
+            table = table.cast(self.schema) if table.schema != self.schema else table
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise InputError(f"a column changes type between rows or inputs: {exc}") from None
+        self.parquet.write_table(table)
+
+    def commit(self, index: int, record_end: int) -> ShardRecord:
+        """Close and commit every file of the shard; a vanished temp file raises."""
+        if self.parquet is not None:
+            self.parquet.close()
+        if self.w.fmt == "npy":
+            if self.npy is None:  # a shard of rejects only still gets its (empty) arrays
+                self.npy = _NpySpool(self.w.storage, 0, NUMPY_DTYPES[self.w.dtype])
+            self.npy.write_to(self._create("embeddings").stream)
+        records = {}
+        for role in self.files:  # in layout order: the table file first, rejects last
+            if role in self.pending:
+                self.pending[role].commit()
+                path = self.w.layout.path(self.files[role])
+                size = self.w.storage.info(path).size  # type: ignore[union-attr]
+                records[role] = FileRecord(self.files[role], size, sha256_of(self.w.storage, path))
+        counts = (self.rows, self.rejected, self.first_row, record_end)
+        return ShardRecord(index, *counts, self.truncated, self.tokens, self.padded_tokens, records)
+
+    def discard(self) -> None:
+        for closeable in (self.parquet, self.npy):
+            try:
+                if closeable is not None:
+                    closeable.close()
+            except Exception:  # noqa: BLE001 - discarding after a failure must not fail again
+                pass
+        for pending in self.pending.values():
+            pending.discard()
+
+
+class _NpySpool:
+    """Rows of a .npy spooled to a local scratch file; header and data are written in one
+    pass at commit, when the row count is known: no seeking back in the output stream."""
+
+    def __init__(self, storage: Storage, dim: int, dtype: type) -> None:
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.rows = 0
+        self.spool: IO[bytes] = storage.scratch()
+
+    def append(self, block: np.ndarray) -> None:
+        self.spool.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += len(block)
+
+    def write_to(self, stream: IO[bytes]) -> None:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, self.dim),
+        }
+        np.lib.format.write_array_header_1_0(stream, header)
+        self.spool.seek(0)
+        shutil.copyfileobj(self.spool, stream, 1 << 20)
+        self.close()
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+class JsonLinesWriter:
+    """``-o -``: one JSON object per row on stdout, for pipes into jq and friends."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def write(self, chunk: Chunk, embeddings: np.ndarray) -> None:
+        meta = metadata_table(chunk).to_pylist()
+        lines = []
+        for row, vector in zip(meta, embeddings.tolist()):
+            row["embedding"] = vector
+            lines.append(json.dumps(row, default=str))
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
