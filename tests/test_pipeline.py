@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, WORDS, cli, model_args, write_corpus
+from helpers import REPO, WORDS, cli, manifest, model_args, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,9 +80,7 @@ def test_a_10_mb_line_costs_about_what_a_normal_row_costs(tmp_path, tiny_model_d
         ["embed", str(huge), "-o", str(tmp_path / "b"), *model_args(tiny_model_dir)], tmp_path
     )
     assert peak - base < 100 * 1024, (base, peak)  # within 100 MB of a normal run
-    from minilm_cli.output import Manifest
-
-    totals = Manifest.load(tmp_path / "b" / "manifest.json").doc["totals"]
+    totals = manifest(tmp_path / "b")["totals"]
     assert totals["rows"] == 2001
     assert totals["truncated"] >= 1
 
