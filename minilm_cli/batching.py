@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,7 @@ class Chunk:
     record_end: int  # input records consumed once this chunk is written (the resume point)
     shard_end: bool = False  # the last chunk of an output shard
     tokens: TokenizedChunk | None = None
+    dedup: Any = None  # pipeline.dedup.DedupPlan: which rows the model sees, when deduplicating
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -223,6 +223,13 @@ def main() -> None:
     help="Invalid UTF-8: a bad row, or replaced with U+FFFD.",
 )
 @click.option(
+    "--dedup/--no-dedup",
+    default=True,
+    show_default=True,
+    help="Run each distinct text through the model once (per shard); repeats get a byte copy of "
+    "the first occurrence's vector. Every input row still gets its own output row, in order.",
+)
+@click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile the model (pays off only on long GPU jobs)."
 )
 @click.option(
@@ -304,6 +311,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         encoding_errors=opts["encoding_errors"],
         quiet=opts["quiet"],
         compile=opts["compile_"],
+        dedup=opts["dedup"],
         threads=opts["threads"],
         num_shards=num_shards,
         shard_index=shard_index,

@@ -37,6 +37,7 @@ class EmbedConfig:
     quiet: bool = False
     compile: bool = False
     threads: int | None = None
+    dedup: bool = True  # each distinct text through the model once per shard
     num_shards: int = 1
     shard_index: int = 0
     extra: dict = field(default_factory=dict)

@@ -48,9 +48,9 @@ class LocalEngine:
         try:
             for chunk in reader:
                 t = time.perf_counter()
-                embeddings = self.embedder.run(chunk.tokens) if chunk.tokens else empty(self.embedder.dim)
+                embedded = self.embedder.run(chunk.tokens) if chunk.tokens else empty(self.embedder.dim)
                 stages.timers["model"] += time.perf_counter() - t
-                yield chunk, embeddings
+                yield chunk, stages.vectors(chunk, embedded)
         finally:
             reader.close()
 

@@ -11,6 +11,7 @@ class JobResult:
     """Counts of one run (or, after --resume, of the whole output so far)."""
 
     rows: int = 0
+    embedded: int = 0  # rows that went through the model (fewer than rows when texts repeat)
     rejected: int = 0
     truncated: int = 0
     shards: int = 0
@@ -25,6 +26,7 @@ class JobResult:
         """Count finished shards as the manifest lists them."""
         for shard in shards:
             self.rows += shard["rows"]
+            self.embedded += shard.get("embedded", shard["rows"])
             self.rejected += shard["rejected"]
             self.truncated += shard["truncated"]
             self.tokens += shard["tokens"]
@@ -34,6 +36,7 @@ class JobResult:
     def add_chunk(self, chunk: Any) -> None:
         """Count an embedded chunk (its rows, rejects and tokens)."""
         self.rows += len(chunk)
+        self.embedded += len(chunk.tokens.ids) if chunk.tokens is not None else 0
         self.rejected += len(chunk.rejects)
         if chunk.tokens is not None:
             self.truncated += chunk.tokens.truncated
@@ -59,7 +62,9 @@ class JobResult:
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
         padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
+        repeats = self.rows - self.embedded
+        reused = f"; {repeats} repeated texts copied, not embedded again" if repeats > 0 else ""
         return (
             f"embedded {self.rows} rows{shards}; {self.rejected} rejected, {self.truncated} truncated; "
-            f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}"
+            f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}{reused}"
         )

@@ -46,6 +46,7 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | Non
             "chunk_size": cfg.chunk_size,
             "batch_tokens": embedder.batch_tokens,
             "batch_size": embedder.batch_size,
+            "dedup": cfg.dedup,
             "num_shards": cfg.num_shards,
             "shard_index": cfg.shard_index,
         },

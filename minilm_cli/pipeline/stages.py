@@ -15,13 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
 from ..sources import CheckedRows, Columns, Split, check_rows, read_file
+from .dedup import DedupExpander, DedupPlanner
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
+AfterModel = Callable[[Chunk, np.ndarray], np.ndarray]  # a chunk's model output -> its rows' vectors
 
 
 @dataclass
@@ -36,10 +40,20 @@ class Stages:
     timers: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
     row_stages: list[RowStage] = field(default_factory=list)
     chunk_stages: list[ChunkStage] = field(default_factory=list)
+    after_model: list[AfterModel] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.chunk_stages:
-            self.chunk_stages = [self.tokenize]
+            if self.cfg.dedup:
+                self.chunk_stages.append(DedupPlanner())
+                self.after_model.append(DedupExpander())
+            self.chunk_stages.append(self.tokenize)
+
+    def vectors(self, chunk: Chunk, embedded: np.ndarray) -> np.ndarray:
+        """The model's output for a chunk, through the after-model stages: one vector per row."""
+        for stage in self.after_model:
+            embedded = stage(chunk, embedded)
+        return embedded
 
     @property
     def columns(self) -> Columns:
@@ -83,8 +97,9 @@ class Stages:
     def tokenize(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
             t = time.perf_counter()
-            if chunk.texts:
-                texts = [clip_text(text, self.embedder) for text in chunk.texts]
+            texts = chunk.texts if chunk.dedup is None else [chunk.texts[i] for i in chunk.dedup.unique_rows]
+            if texts:
+                texts = [clip_text(text, self.embedder) for text in texts]
                 chunk.tokens = self.embedder.tokenize(texts)
             self.timers["read"] += time.perf_counter() - t
             yield chunk
