@@ -47,6 +47,7 @@ class ShardRecord:
     tokens: int
     padded_tokens: int
     files: dict[str, FileRecord]
+    embedded: int = 0  # rows that went through the model (repeated texts are copied)
 
 
 def sha256_of(storage: Storage, path: str) -> str:
@@ -119,6 +120,7 @@ class _OpenShard:
         self.files = files
         self.first_row = first_row
         self.rows = self.rejected = self.truncated = self.tokens = self.padded_tokens = 0
+        self.embedded = 0
         self.pending: dict[str, PendingFile] = {}
         self.parquet: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
@@ -147,6 +149,7 @@ class _OpenShard:
             self._write_parquet(table)
         self.rows += len(chunk)
         if chunk.tokens is not None:
+            self.embedded += len(chunk.tokens.ids)
             self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
@@ -186,7 +189,9 @@ class _OpenShard:
                 size = self.w.storage.info(path).size  # type: ignore[union-attr]
                 records[role] = FileRecord(self.files[role], size, sha256_of(self.w.storage, path))
         counts = (self.rows, self.rejected, self.first_row, record_end)
-        return ShardRecord(index, *counts, self.truncated, self.tokens, self.padded_tokens, records)
+        return ShardRecord(
+            index, *counts, self.truncated, self.tokens, self.padded_tokens, records, self.embedded
+        )
 
     def discard(self) -> None:
         for closeable in (self.parquet, self.npy):
