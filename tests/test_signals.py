@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def test_interrupted_manifest_totals_match_its_shards(tmp_path, tiny_model_dir, 
         chunks.append(len(chunk))
         if len(chunks) == 8:  # shards are 3 chunks: 2 shards done, 2 chunks of the third written
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1.0)  # the main thread takes the signal and stops the run meanwhile
+            # Hold this (the writer) thread until the main thread has taken the signal and
+            # asked the writer to stop: no later chunk can be written, whatever the timing.
+            assert threading.current_thread().stop.wait(60)
         return record
 
     def harmless(signum, frame) -> None:
@@ -192,3 +195,89 @@ def test_interrupted_manifest_totals_match_its_shards(tmp_path, tiny_model_dir, 
     assert doc["totals"]["shards"] == 2
     assert doc["totals"]["rows"] == 600
     assert doc["totals"]["tokens"] == sum(s["tokens"] for s in doc["shards"])
+
+
+SMALL = ["--shard-rows", "500", "--chunk-size", "250"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, tiny_model_dir):
+    """A 3,000-row corpus and its uninterrupted output."""
+    root = tmp_path_factory.mktemp("signals-small")
+    src = write_corpus(root / "in.txt", 3000, seed=14)
+    out = root / "ref"
+    result = cli(["embed", str(src), "-o", str(out), *SMALL, *model_args(tiny_model_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    return src, out
+
+
+def _signals_at(point: str, count: int, monkeypatch) -> None:
+    """Send ``count`` SIGTERMs to this process at a chosen point of the run (the third time it
+    is reached): inside a model batch, inside a shard's commit, or while the main thread waits
+    for the writer at the end of the run."""
+    from minilm_cli.model import Embedder
+    from minilm_cli.output import OutputSession
+    from minilm_cli.storage.local import LocalPendingFile
+
+    reached = []
+
+    def burst() -> None:
+        def send() -> None:
+            for _ in range(count):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=send)  # all of them, even once the first has landed
+        sender.start()
+        sender.join()
+
+    def wrap(cls, name, when=lambda *a: True):
+        real = getattr(cls, name)
+
+        def patched(self, *args):
+            if when(self, *args):
+                reached.append(1)
+                if len(reached) == 3:
+                    burst()
+            return real(self, *args)
+
+        monkeypatch.setattr(cls, name, patched)
+
+    if point == "batch":
+        wrap(Embedder, "run")
+    elif point == "publish":
+        wrap(LocalPendingFile, "commit", lambda self: self.path.endswith(".parquet"))
+    else:  # the last chunk: the main thread is in writer.close(), waiting for it
+        wrap(OutputSession, "write", lambda self, chunk, vectors: chunk.record_end == 3000)
+        reached.extend([1, 1])
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("point", ["batch", "publish", "join"])
+def test_repeated_signals_never_lose_or_repeat_a_row(
+    tmp_path, tiny_model_dir, small, monkeypatch, point, count
+):
+    src, reference = small
+    out = tmp_path / "out"
+    args = ["embed", str(src), "-o", str(out), *SMALL, *model_args(tiny_model_dir), "-q"]
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # signals after the run
+    try:
+        _signals_at(point, count, monkeypatch)
+        first = cli(args)
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGTERM, previous)
+    assert first.exit_code in (0, 143), first.output
+    assert not list(out.rglob("*.tmp")), "temp files left behind"
+    doc = manifest(out)
+    assert doc["status"] == ("complete" if first.exit_code == 0 else "interrupted")
+    assert [s["first_row"] for s in doc["shards"]] == [500 * i for i in range(len(doc["shards"]))]
+    if point != "join":
+        assert first.exit_code == 143  # a signal inside the hot loop stops the run
+
+    resumed = cli([*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert output_files(out) == output_files(reference)
+    got_ids, got = embeddings(out)
+    want_ids, want = embeddings(reference)
+    assert got_ids == want_ids == list(range(3000))
+    assert got.tobytes() == want.tobytes()
