@@ -35,6 +35,7 @@ class Chunk:
     shard_end: bool = False  # the last chunk of an output shard
     tokens: TokenizedChunk | None = None
     dedup: Any = None  # pipeline.dedup.DedupPlan: which rows the model sees, when deduplicating
+    keys: np.ndarray | None = None  # rows x 2 uint64: each text's key (pipeline.dedup.text_keys)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -230,6 +230,13 @@ def main() -> None:
     "the first occurrence's vector. Every input row still gets its own output row, in order.",
 )
 @click.option(
+    "--reuse",
+    multiple=True,
+    metavar="PREVIOUS_OUTPUT",
+    help="An earlier output of the same model and settings (repeatable): rows whose text it already "
+    "holds take its stored vector (a byte copy) instead of running the model.",
+)
+@click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile the model (pays off only on long GPU jobs)."
 )
 @click.option(
@@ -312,6 +319,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         quiet=opts["quiet"],
         compile=opts["compile_"],
         dedup=opts["dedup"],
+        reuse=tuple(opts["reuse"]),
         threads=opts["threads"],
         num_shards=num_shards,
         shard_index=shard_index,

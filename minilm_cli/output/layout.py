@@ -7,6 +7,7 @@
   OUTPUT/{prefix}SSSSS.parquet             parquet layout
   OUTPUT/embeddings/{prefix}SSSSS.npy      npy layout, with OUTPUT/metadata/{prefix}SSSSS.parquet
   OUTPUT/rejects/{prefix}SSSSS.jsonl       rows set aside under --on-error skip
+  OUTPUT/.minilm-keys/{prefix}SSSSS.npy    the shard's text keys, sorted (what --reuse looks up)
 
 ``prefix`` is ``part-`` for a single run and ``part-IIIII-`` for part I of a sharded run; a
 writer creates, cleans up and removes only names of its own prefix (and its own manifest,
@@ -19,7 +20,8 @@ import os
 import re
 from dataclasses import dataclass
 
-SHARD_FOLDERS = ("embeddings", "metadata", "rejects")
+KEYS_FOLDER = ".minilm-keys"
+SHARD_FOLDERS = ("embeddings", "metadata", "rejects", KEYS_FOLDER)
 MARKER_FOLDER = ".minilm-shards"
 TMP_SUFFIX = ".tmp"
 EXTENSIONS = ("parquet", "npy", "jsonl", "json")
@@ -87,6 +89,7 @@ class Layout:
             files = {"embeddings": f"embeddings/{name}.npy", "metadata": f"metadata/{name}.parquet"}
         else:
             files = {"data": f"{name}.parquet"}
+        files["keys"] = f"{KEYS_FOLDER}/{name}.npy"
         files["rejects"] = f"rejects/{name}.jsonl"
         return files
 

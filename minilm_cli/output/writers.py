@@ -121,6 +121,7 @@ class _OpenShard:
         self.first_row = first_row
         self.rows = self.rejected = self.truncated = self.tokens = self.padded_tokens = 0
         self.embedded = 0
+        self.keys: list[np.ndarray] = []  # per chunk: the text keys of its rows
         self.pending: dict[str, PendingFile] = {}
         self.parquet: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
@@ -147,6 +148,8 @@ class _OpenShard:
             table = table.add_column(1, "embedding", embedding_array(embeddings, self.w.dtype))
         if len(chunk) or self.parquet is None:
             self._write_parquet(table)
+        if chunk.keys is not None:
+            self.keys.append(chunk.keys)
         self.rows += len(chunk)
         if chunk.tokens is not None:
             self.embedded += len(chunk.tokens.ids)
@@ -181,6 +184,8 @@ class _OpenShard:
             if self.npy is None:  # a shard of rejects only still gets its (empty) arrays
                 self.npy = _NpySpool(self.w.storage, 0, NUMPY_DTYPES[self.w.dtype])
             self.npy.write_to(self._create("embeddings").stream)
+        if self.keys:
+            write_keys(self._create("keys").stream, np.concatenate(self.keys))
         records = {}
         for role in self.files:  # in layout order: the table file first, rejects last
             if role in self.pending:
@@ -202,6 +207,19 @@ class _OpenShard:
                 pass
         for pending in self.pending.values():
             pending.discard()
+
+
+KEY_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("row", "<u8")])
+
+
+def write_keys(stream: IO[bytes], keys: np.ndarray) -> None:
+    """A shard's text keys (rows x 2 uint64) sorted, with each key's row in the shard: a
+    previous output that --reuse can search without reading its texts or holding it in memory."""
+    table = np.empty(len(keys), dtype=KEY_DTYPE)
+    table["hi"], table["lo"] = keys[:, 0], keys[:, 1]
+    table["row"] = np.arange(len(keys), dtype=np.uint64)
+    table.sort(order=["hi", "lo"])
+    np.save(stream, table, allow_pickle=False)
 
 
 class _NpySpool:

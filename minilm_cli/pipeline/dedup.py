@@ -1,17 +1,18 @@
-"""Each distinct text through the model once (issue: incremental runs).
+"""Each distinct text through the model once, and texts an earlier output already holds not at all.
 
 Two halves that see the same rows in the same order and so keep identical state:
 
-  ``DedupPlanner``   a chunk stage on the reader thread: for each row of a chunk, "embed it"
-                     (a new text) or "copy it" (a text met earlier in this chunk, or in an
-                     earlier chunk of the same shard); only the new texts are tokenized.
-  ``DedupExpander``  after the model, on the main thread: every row gets its vector back, a
-                     copy of its first occurrence's bytes.
+  ``RowPlanner``    a chunk stage on the reader thread: each row's text key; then for each row
+                    "copy" (a text met earlier in this chunk, or in an earlier chunk of the same
+                    shard), "reuse" (a text found in a --reuse output: its stored vector), or
+                    "embed"; only the texts to embed are tokenized.
+  ``RowExpander``   after the model, on the main thread: every row gets its vector, a byte copy
+                    of its first occurrence's (or of the earlier output's).
 
 Both remember at most ``capacity`` texts, evicting the least recently used in the same order,
 and both forget everything at a shard boundary: a resumed run starts at a shard boundary with
 nothing remembered, exactly as the first run did there, so it forms the same batches and
-writes the same bytes.
+writes the same bytes. ``capacity`` 0 is --no-dedup.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,21 +29,20 @@ from ..batching import Chunk
 CAPACITY = 16_384  # distinct texts remembered per shard: ~25 MB of float32 vectors at dim 384
 
 
-def text_key(text: str) -> bytes:
-    """16 bytes that stand for a text (the exact code points, hashed)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def text_keys(texts: list[str]) -> np.ndarray:
+    """rows x 2 uint64: 16 bytes of blake2b over each text's exact code points."""
+    digests = b"".join(
+        hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts
+    )
+    return np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
 
 
 @dataclass
 class DedupPlan:
     """Which rows of a chunk go through the model, and where every row's vector comes from."""
 
-    keys: list[bytes]  # per row
     unique_rows: list[int]  # rows whose text is embedded, in row order
-
-    @property
-    def texts_to_embed(self) -> int:
-        return len(self.unique_rows)
+    reused: dict[int, np.ndarray] = field(default_factory=dict)  # row -> vector of an earlier output
 
 
 class _Memory:
@@ -65,41 +65,58 @@ class _Memory:
         self.known.clear()
 
 
-class DedupPlanner:
+class RowPlanner:
     """The reader-thread half: a chunk stage placed before tokenizing."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, reuse: object | None = None) -> None:
         self.memory = _Memory(capacity)
+        self.reuse = reuse  # pipeline.reuse.ReuseIndex, or None
 
     def __call__(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
-            keys = [text_key(t) for t in chunk.texts]
-            unique = [row for row, key in enumerate(keys) if not self.memory.see(key)]
-            chunk.dedup = DedupPlan(keys, unique)
+            chunk.keys = text_keys(chunk.texts)
+            found = self.reuse.lookup(chunk.keys) if self.reuse is not None else {}
+            plan = DedupPlan([])
+            for row, key in enumerate(chunk.keys):
+                if self.memory.see(key.tobytes()):
+                    continue
+                if row in found:
+                    plan.reused[row] = found[row]
+                else:
+                    plan.unique_rows.append(row)
+            chunk.dedup = plan
             if chunk.shard_end:
                 self.memory.forget()
             yield chunk
 
 
-class DedupExpander:
+class RowExpander:
     """The main-thread half: vectors of the embedded rows in, one vector per row out."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.memory = _Memory(capacity)
 
     def __call__(self, chunk: Chunk, embedded: np.ndarray) -> np.ndarray:
-        plan: DedupPlan | None = getattr(chunk, "dedup", None)
-        if plan is None:
+        plan: DedupPlan | None = chunk.dedup
+        if plan is None or chunk.keys is None:
             return embedded
-        out = np.empty((len(chunk), embedded.shape[1]), dtype=embedded.dtype)
+        dim = embedded.shape[1] if len(embedded) else _dim(plan, embedded)
+        out = np.empty((len(chunk), dim), dtype=np.float32)
         new = iter(range(len(plan.unique_rows)))
-        for row, key in enumerate(plan.keys):
-            if key in self.memory.known:
-                out[row] = self.memory.known[key]
-                self.memory.see(key)
-            else:
-                out[row] = embedded[next(new)]
-                self.memory.see(key, out[row].copy())
+        for row, key in enumerate(chunk.keys):
+            k = key.tobytes()
+            if k in self.memory.known:
+                out[row] = self.memory.known[k]
+                self.memory.see(k)
+                continue
+            out[row] = plan.reused[row] if row in plan.reused else embedded[next(new)]
+            self.memory.see(k, out[row].copy())
         if chunk.shard_end:
             self.memory.forget()
         return out
+
+
+def _dim(plan: DedupPlan, embedded: np.ndarray) -> int:
+    if plan.reused:
+        return len(next(iter(plan.reused.values())))
+    return embedded.shape[1]

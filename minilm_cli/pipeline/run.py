@@ -19,7 +19,7 @@ from ..config import EmbedConfig
 from ..errors import InputError
 from ..model import Embedder
 from ..sharding import count_records, plan_splits
-from ..sources import InputFile, Split, resolve_inputs
+from ..sources import Columns, InputFile, Split, resolve_inputs
 from .engine import Engine, LocalEngine
 from .result import JobResult
 from .settings import build_embedder, check_config
@@ -41,8 +41,8 @@ class Plan:
         """Default ids number rows over all inputs: count what the parts before this one hold."""
         if not self.earlier:
             return 0
-        stages = Stages(cfg, None, [], 0)  # type: ignore[arg-type]
-        return count_records(self.earlier, stages.columns, cfg.encoding_errors)
+        columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+        return count_records(self.earlier, columns, cfg.encoding_errors)
 
 
 def plan_run(cfg: EmbedConfig) -> Plan:
@@ -105,7 +105,13 @@ class Run:
     def open_stages(self, schema: object | None = None) -> Stages:
         """The stage list over this part's splits (counts earlier parts' records: reads inputs)."""
         record_start = self.plan.record_start(self.cfg)
-        self.stages = Stages(self.cfg, self.embedder, self.plan.splits, record_start, schema)
+        reuse = None
+        if self.cfg.reuse:
+            from .reuse import ReuseIndex
+            from .settings import run_settings
+
+            reuse = ReuseIndex(list(self.cfg.reuse), run_settings(self.cfg, self.embedder))
+        self.stages = Stages(self.cfg, self.embedder, self.plan.splits, record_start, schema, reuse=reuse)
         return self.stages
 
     def execute(self, write: Write, first_row: int, first_record: int) -> None:
@@ -126,6 +132,8 @@ class Run:
             raise
         finally:
             _close(chunks)
+            if self.stages.reuse is not None:
+                self.stages.reuse.close()
             progress.close()
             self.result.seconds = time.perf_counter() - started
             self.result.stage_seconds = {k: round(v, 3) for k, v in self.stages.timers.items()}

@@ -47,6 +47,7 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | Non
             "batch_tokens": embedder.batch_tokens,
             "batch_size": embedder.batch_size,
             "dedup": cfg.dedup,
+            "reuse": list(cfg.reuse),
             "num_shards": cfg.num_shards,
             "shard_index": cfg.shard_index,
         },

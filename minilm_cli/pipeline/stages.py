@@ -21,7 +21,7 @@ from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
 from ..sources import CheckedRows, Columns, Split, check_rows, read_file
-from .dedup import DedupExpander, DedupPlanner
+from .dedup import CAPACITY, RowExpander, RowPlanner
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
@@ -41,12 +41,13 @@ class Stages:
     row_stages: list[RowStage] = field(default_factory=list)
     chunk_stages: list[ChunkStage] = field(default_factory=list)
     after_model: list[AfterModel] = field(default_factory=list)
+    reuse: object | None = None  # pipeline.reuse.ReuseIndex over the --reuse outputs
 
     def __post_init__(self) -> None:
         if not self.chunk_stages:
-            if self.cfg.dedup:
-                self.chunk_stages.append(DedupPlanner())
-                self.after_model.append(DedupExpander())
+            capacity = CAPACITY if self.cfg.dedup else 0
+            self.chunk_stages.append(RowPlanner(capacity, self.reuse))
+            self.after_model.append(RowExpander(capacity))
             self.chunk_stages.append(self.tokenize)
 
     def vectors(self, chunk: Chunk, embedded: np.ndarray) -> np.ndarray:
