@@ -230,6 +230,12 @@ def main() -> None:
     "the first occurrence's vector. Every input row still gets its own output row, in order.",
 )
 @click.option(
+    "--append",
+    is_flag=True,
+    help="Add to OUTPUT the inputs it does not hold yet (new files; changed files are embedded again "
+    "and their old shards superseded). Rerun after a failure to continue.",
+)
+@click.option(
     "--reuse",
     multiple=True,
     metavar="PREVIOUS_OUTPUT",
@@ -320,6 +326,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         compile=opts["compile_"],
         dedup=opts["dedup"],
         reuse=tuple(opts["reuse"]),
+        append=opts["append"],
         threads=opts["threads"],
         num_shards=num_shards,
         shard_index=shard_index,

@@ -38,6 +38,7 @@ class EmbedConfig:
     compile: bool = False
     threads: int | None = None
     dedup: bool = True  # each distinct text through the model once per shard
+    append: bool = False  # add the inputs OUTPUT does not hold yet, as a new generation
     reuse: tuple[str, ...] = ()  # earlier outputs whose vectors rows with the same text take
     num_shards: int = 1
     shard_index: int = 0

@@ -66,6 +66,8 @@ def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
                 else f"{part}: {problems[0]}"
             )
         for shard in shards:
+            if shard.get("superseded"):
+                continue  # a later --append generation re-embedded these rows
             files = shard["files"]
             wanted = role or ("data" if "data" in files else "metadata")
             if wanted in files:

@@ -26,8 +26,9 @@ import pyarrow as pa
 from ..batching import Chunk
 from ..errors import InputError, Interrupted, OutputConflict
 from ..storage import Storage, storage_for
+from .generations import AppendPlan, close_generation, generation_in_progress, open_generation, plan_append
 from .layout import Layout
-from .manifest import Manifest
+from .manifest import Manifest, first_difference
 from .outdir import OutputDir
 from .writers import ShardRecord, ShardWriter
 
@@ -124,6 +125,66 @@ class OutputSession:
             next_shard, first_row, first_record, list(manifest.shards), complete, existing is not None
         )
 
+    def start_append(
+        self, settings: dict[str, Any], inputs: list[dict[str, Any]], runtime: dict[str, Any]
+    ) -> tuple[ResumePoint, AppendPlan] | None:
+        """--append: continue OUTPUT with a new generation (or the one a failure cut short).
+        None when OUTPUT holds no output yet: then it is a fresh run."""
+        hook_point(self, "prepare")
+        if not self.storage.exists(self.names.manifest_path):
+            return None
+        manifest = Manifest.load(self.names.manifest_path, self.storage)
+        why = first_difference(manifest.doc.get("settings", {}), settings)
+        if why:
+            raise OutputConflict(f"--append refused: {why}")
+        self.manifest = manifest
+        gen = generation_in_progress(manifest.doc)
+        if gen is not None:
+            plan = self._continue_generation(gen, inputs)
+        elif manifest.doc.get("status") != "complete":
+            raise OutputConflict(
+                f"--append: {self.root} holds an unfinished run; finish it with --resume first"
+            )
+        else:
+            plan = plan_append(manifest.doc, inputs)
+            if plan.nothing_to_do:
+                return ResumePoint(0, 0, 0, list(manifest.shards), True, True), plan
+            self._open_generation(manifest, inputs, plan)
+        manifest.doc["status"] = "running"
+        manifest.doc["runtime"] = runtime
+        manifest.save()
+        next_shard, first_row, first_record = manifest.resume_point()
+        first_record = max(first_record, manifest.doc["generations"][-1]["record_start"])
+        self.writer = ShardWriter(
+            self.names, self.format, self.dtype, next_shard, self.metadata_schema, self.storage
+        )
+        return ResumePoint(next_shard, first_row, first_record, list(manifest.shards), False, True), plan
+
+    def _continue_generation(self, gen: dict[str, Any], inputs: list[dict[str, Any]]) -> AppendPlan:
+        now = {f["path"]: f for f in inputs}
+        for before in gen["inputs"]:
+            if now.get(before["path"]) != before:
+                raise OutputConflict(
+                    f"--append refused: {before['path']} changed while it was being appended"
+                )
+        assert self.manifest is not None
+        self._drop_damaged(self.manifest)
+        self.outdir.drop_unlisted(self.manifest)
+        return AppendPlan([f["path"] for f in gen["inputs"]], gen.get("superseding", []), [], [])
+
+    def _open_generation(self, manifest: Manifest, inputs: list[dict[str, Any]], plan: AppendPlan) -> None:
+        doc = manifest.doc
+        if not doc.get("generations"):
+            raise OutputConflict(f"--append: {self.root} was written before --append existed; embed it anew")
+        record_start = doc["generations"][-1]["record_end"]
+        next_shard = manifest.resume_point()[0]
+        embed = [f for f in inputs if f["path"] in plan.embed]
+        gen = open_generation(doc, embed, next_shard, record_start)
+        gen["superseding"] = plan.superseded
+        known = {f["path"]: f for f in doc.get("inputs", [])}
+        known.update({f["path"]: f for f in embed})
+        doc["inputs"] = list(known.values())
+
     def _drop_damaged(self, manifest: Manifest) -> None:
         """A listed shard that is missing or damaged on disk is redone, with every shard after it."""
         damaged = self.outdir.first_damaged(manifest)
@@ -144,9 +205,15 @@ class OutputSession:
             _in_flight(self)
         return record
 
-    def finish(self, totals: dict[str, Any], record_end: int) -> None:
+    def finish(
+        self, totals: dict[str, Any], record_end: int, input_records: list[dict] | None = None
+    ) -> None:
         assert self.manifest is not None
-        self.manifest.doc.setdefault("assignment", {})["record_end"] = record_end
+        doc = self.manifest.doc
+        doc.setdefault("assignment", {})["record_end"] = record_end
+        gen = generation_in_progress(doc)
+        superseded = gen.get("superseding", []) if gen is not None else []
+        close_generation(doc, record_end, input_records or [], superseded)
         self.manifest.finish("complete", totals)
 
     def fail(self, exc: BaseException, totals: dict[str, Any]) -> None:

@@ -111,6 +111,10 @@ class _Verifier:
         by_file = name != "manifest.json" or "parts" in doc
         next_row = 0
         for shard in doc.get("shards", []):
+            if shard.get("superseded"):  # replaced by a later --append generation: not read
+                self.listed |= {f["path"] for f in shard["files"].values()}
+                next_row = shard["first_row"] + shard["rows"]
+                continue
             report.shards += 1
             report.rows += shard["rows"]
             report.rejected += shard["rejected"]
@@ -125,7 +129,7 @@ class _Verifier:
                 f"{label}: {p}" for p in self.check_shard(_Shard(label, table), shard, settings)
             ]
         totals = doc.get("totals") or {}
-        rows = sum(s["rows"] for s in doc.get("shards", []))
+        rows = sum(s["rows"] for s in doc.get("shards", []) if not s.get("superseded"))
         if doc.get("status") == "complete" and totals.get("rows") != rows:
             report.problems.append(f"{name}: totals say {totals.get('rows')} rows, shards hold {rows}")
 

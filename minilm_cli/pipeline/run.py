@@ -37,6 +37,11 @@ class Plan:
     splits: list[Split]
     earlier: list[Split]  # splits of the parts before this one (their records number ours)
 
+    def only(self, paths: list[str]) -> Plan:
+        """The same run over some of its inputs (--append: the ones OUTPUT does not hold)."""
+        wanted = set(paths)
+        return Plan(self.files, [s for s in self.splits if s.file.path in wanted], [])
+
     def record_start(self, cfg: EmbedConfig) -> int:
         """Default ids number rows over all inputs: count what the parts before this one hold."""
         if not self.earlier:
@@ -102,9 +107,10 @@ class Run:
         self.record_end = 0
         self.guard = SignalGuard()
 
-    def open_stages(self, schema: object | None = None) -> Stages:
+    def open_stages(self, schema: object | None = None, record_start: int | None = None) -> Stages:
         """The stage list over this part's splits (counts earlier parts' records: reads inputs)."""
-        record_start = self.plan.record_start(self.cfg)
+        if record_start is None:
+            record_start = self.plan.record_start(self.cfg)
         reuse = None
         if self.cfg.reuse:
             from .reuse import ReuseIndex

@@ -42,6 +42,7 @@ class Stages:
     chunk_stages: list[ChunkStage] = field(default_factory=list)
     after_model: list[AfterModel] = field(default_factory=list)
     reuse: object | None = None  # pipeline.reuse.ReuseIndex over the --reuse outputs
+    input_records: list[dict] = field(default_factory=list)  # each split's [start, end) of records
 
     def __post_init__(self) -> None:
         if not self.chunk_stages:
@@ -76,7 +77,9 @@ class Stages:
         past without being checked (they are in finished shards: --resume)."""
         cfg = self.cfg
         record = self.record_start
+        self.input_records = []
         for split in self.splits:
+            start = record
             for raw in self._read(split):
                 end = record + len(raw)
                 if end < skip_records or (len(raw) and end == skip_records):
@@ -85,6 +88,7 @@ class Stages:
                 checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
                 record = end
                 yield checked.drop_before(skip_records) if skip_records > checked.first_record else checked
+            self.input_records.append({"path": split.file.path, "start": start, "end": record})
 
     def _read(self, split: Split) -> Iterator:
         part = None if split.kind == "whole" else split

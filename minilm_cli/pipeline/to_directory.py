@@ -10,6 +10,7 @@ import numpy as np
 
 from ..batching import Chunk
 from ..output import OutputSession
+from ..output.generations import current
 from .result import JobResult
 from .run import Run
 from .settings import run_settings
@@ -29,6 +30,10 @@ def write_directory(run: Run) -> JobResult:
 
 def _write(run: Run, session: OutputSession) -> JobResult:
     cfg = run.cfg
+    if cfg.append:
+        appended = _start_append(run, session)
+        if appended is not None:
+            return appended
     stages = run.open_stages()
     assignment = {"splits": [s.to_json() for s in run.plan.splits], "record_start": stages.record_start}
     point = session.start(
@@ -39,27 +44,59 @@ def _write(run: Run, session: OutputSession) -> JobResult:
         cfg.overwrite,
         cfg.resume,
     )
-    run.result.add_shards(point.finished_shards)
+    run.result.add_shards(current(point.finished_shards))
     run.result.resumed_rows = run.result.rows
     if point.complete:
         run.log(f"{session.root} is already complete; nothing to do")
         return run.finish()
     if point.resumed:
         run.log(f"resuming after {len(point.finished_shards)} finished shard(s), {point.first_row} rows")
+    return _run_to_end(run, session, point.first_row, max(point.first_record, stages.record_start))
 
+
+def _write_rows(run: Run, session: OutputSession):
     def write(chunk: Chunk, embeddings: np.ndarray) -> None:
         record = session.write(chunk, embeddings)
         run.result.add_chunk(chunk)
         if record is not None:
             run.result.shards += 1
 
+    return write
+
+
+def _run_to_end(run: Run, session: OutputSession, first_row: int, first_record: int) -> JobResult:
     try:
-        run.execute(write, point.first_row, max(point.first_record, stages.record_start))
+        run.execute(_write_rows(run, session), first_row, first_record)
     except BaseException as exc:
-        finished = JobResult(output=cfg.output, seconds=run.result.seconds)
-        finished.add_shards(session.shards)  # the discarded shard's rows are not in the output
+        finished = JobResult(output=run.cfg.output, seconds=run.result.seconds)
+        finished.add_shards(current(session.shards))  # the discarded shard's rows are not in the output
         session.fail(exc, finished.totals())
         raise
     result = run.finish()
-    session.finish(result.totals(), run.record_end)
+    session.finish(result.totals(), run.record_end, run.stages.input_records)  # type: ignore[union-attr]
     return result
+
+
+def _start_append(run: Run, session: OutputSession) -> JobResult | None:
+    """--append into an OUTPUT that holds a finished run; None when OUTPUT is new."""
+    cfg = run.cfg
+    started = session.start_append(
+        run_settings(cfg, run.embedder), [f.fingerprint() for f in run.plan.files], run.engine.runtime()
+    )
+    if started is None:
+        return None
+    point, plan = started
+    replaced = set(plan.superseded)
+    run.result.add_shards([s for s in current(point.finished_shards) if s["index"] not in replaced])
+    run.result.resumed_rows = run.result.rows
+    if point.complete:
+        run.log(f"{session.root} already holds every input; nothing to append")
+        return run.finish()
+    run.log(
+        f"appending {len(plan.embed)} input(s) ({len(plan.new)} new, {len(plan.changed)} changed) "
+        f"after {len(point.finished_shards)} shard(s)"
+        + (f"; {len(plan.superseded)} shard(s) superseded" if plan.superseded else "")
+    )
+    run.plan = run.plan.only(plan.embed)
+    run.open_stages(record_start=session.manifest.doc["generations"][-1]["record_start"])  # type: ignore[union-attr]
+    return _run_to_end(run, session, point.first_row, point.first_record)
