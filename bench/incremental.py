@@ -71,7 +71,8 @@ def main() -> None:
         reused = embed(str(data), "-o", str(work / "reuse"), "--reuse", str(work / "out"))
         print(f"night 1, {args.rows} rows:                    {one:7.1f} s")
         print(
-            f"night 2, +{args.new:.0%} rows, --append:           {appended:7.1f} s  {appended / one:6.1%} of night 1"
+            f"night 2, +{args.new:.0%} rows, --append:           {appended:7.1f} s  "
+            f"{appended / one:6.1%} of night 1"
         )
         print(f"night 2, all rows again, --reuse night 1: {reused:7.1f} s  {reused / one:6.1%} of night 1")
 
@@ -82,7 +83,8 @@ def main() -> None:
         dedup = embed(str(work / "dups.txt"), "-o", str(work / "dedup"))
         print(f"{args.dups:.0%} repeated rows, --no-dedup:          {plain:7.1f} s")
         print(
-            f"{args.dups:.0%} repeated rows, dedup (default):     {dedup:7.1f} s  {dedup / plain:6.1%} of --no-dedup"
+            f"{args.dups:.0%} repeated rows, dedup (default):     {dedup:7.1f} s  "
+            f"{dedup / plain:6.1%} of --no-dedup"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
