@@ -33,7 +33,16 @@ from .model import Embedder
 from .outdir import OutputDir
 from .sharding import count_records, plan_splits
 from .sinks import JsonLinesWriter, ShardWriter
-from .sources import CheckedRows, Columns, InputFile, Split, check_rows, read_file, resolve_inputs
+from .sources import (
+    CheckedRows,
+    Columns,
+    InputFile,
+    Split,
+    check_rows,
+    read_file,
+    resolve_inputs,
+    resolve_schema,
+)
 
 QUEUE_DEPTH = 2  # chunks in flight between two stages
 
@@ -155,10 +164,14 @@ def run_job_with(
     (the Ray engine) instead of the local reader thread and model."""
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     check_config(cfg)
-    files = resolve_inputs(cfg.inputs, cfg.input_format)
+    exclude = [] if cfg.to_stdout else [cfg.output]
+    files = resolve_inputs(cfg.inputs, cfg.input_format, exclude=exclude, log=log)
+    columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+    schema = resolve_schema(files, columns, getattr(cfg, "column_types", None))
     plan = plan_splits(files, cfg.num_shards)  # before the model loads: bad input fails fast
     embedder = embedder or build_embedder(cfg)
     run = _Run(cfg, embedder, files, plan, log, on_rows)
+    run.schema = schema
     if produce is not None:
         run.produce = produce
     if cfg.to_stdout:
@@ -214,6 +227,7 @@ class _Run:
         self.files = files
         self.splits = plan[cfg.shard_index]
         self.record_end = 0
+        self.schema = None  # the job's schema (sources.resolve_schema), set by run_job_with
         # Default ids number rows over all inputs: count what the shards before this one hold.
         before = [s for rank in plan[: cfg.shard_index] for s in rank]
         self.record_start = count_records(before, self._columns(), cfg.encoding_errors) if before else 0
@@ -357,7 +371,7 @@ class _Run:
         record = self.record_start
         for split in self.splits:
             part = None if split.kind == "whole" else split
-            for raw in read_file(split.file, columns, cfg.chunk_size, cfg.encoding_errors, part):
+            for raw in read_file(split.file, columns, cfg.chunk_size, cfg.encoding_errors, part, self.schema):
                 end = record + len(raw)
                 if end < skip_records or (len(raw) and end == skip_records):
                     record = end  # already in a finished shard (resume): read past it

@@ -242,10 +242,26 @@ def test_id_column_to_stdout(inputs: Path, tiny_model_dir: str, glosses: list[di
 
 
 def test_integer_id_column_keeps_its_values(tmp_path: Path, tiny_model_dir: str) -> None:
+    # CSV values are text as written (issue 8): an id column of digits stays its strings
     src = tmp_path / "in.csv"
     src.write_text("doc,text\n1000,alpha beta\n7,gamma\n-3,delta epsilon zeta\n", encoding="utf-8")
     out = tmp_path / "out"
     embed_ok([src, "-o", out, "--model", tiny_model_dir, "--id-column", "doc"])
+    table, _ = read_parquet_layout(out)
+    assert table.column("id").to_pylist() == ["1000", "7", "-3"]
+    assert table.schema.field("id").type == pa.string()
+
+
+def test_integer_id_column_declared_int64(tmp_path: Path, tiny_model_dir: str) -> None:
+    from minilm_cli.config import EmbedConfig
+    from minilm_cli.pipeline import run_job
+
+    src = tmp_path / "in.csv"
+    src.write_text("doc,text\n1000,alpha beta\n7,gamma\n-3,delta epsilon zeta\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cfg = EmbedConfig([str(src)], str(out), model=tiny_model_dir, id_column="doc", quiet=True)
+    cfg.column_types = {"doc": "int64"}  # what --column-type doc=int64 sets
+    run_job(cfg)
     table, _ = read_parquet_layout(out)
     assert table.column("id").to_pylist() == [1000, 7, -3]
 
@@ -672,7 +688,7 @@ def test_utf8_bom_csv(tmp_path: Path, tiny_model_dir: str, reference) -> None:
         [src, "-o", "-", "--model", tiny_model_dir, "--precision", "fp32", "--keep-columns", "n"]
     )
     rows, emb = read_json_lines(result.stdout)
-    assert [r["n"] for r in rows] == [5, 6]
+    assert [r["n"] for r in rows] == ["5", "6"]  # CSV values are text as written
     assert np.abs(emb - reference(["hello there", "second row"])).max() <= TOL
 
 
