@@ -431,9 +431,9 @@ HOSTILE_JSON = [
 def test_hostile_json_values_are_bad_rows(tmp_path, tiny_model_dir, name, line, reason):
     src = tmp_path / "in.jsonl"
     first = (
-        '{"id": 0, "text": "first", "k": "k0"}'
-        if "id" not in name
-        else '{"id": "s", "text": "first", "k": "k0"}'
+        '{"id": "s", "text": "first", "k": "k0"}'
+        if name == "surrogate-id"
+        else '{"id": 0, "text": "first", "k": "k0"}'
     )
     src.write_text(first + "\n" + line + "\n" + first + "\n")
     args = [src, "--id-column", "id", "--keep-columns", "k"]
