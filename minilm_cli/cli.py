@@ -132,6 +132,15 @@ def main() -> None:
 )
 @click.option("--keep-columns", metavar="A,B", help="Comma-separated columns copied through to the output.")
 @click.option(
+    "--column-type",
+    "column_types",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help="Fix the output type of an id or kept column (repeatable): string, int64, float64, bool or "
+    "json (objects and arrays as JSON text). Default: CSV/TSV values are text as written; Parquet "
+    "types pass through; JSON lines types come from the first rows (see the README).",
+)
+@click.option(
     "--model",
     envvar="MINILM_MODEL",
     help="Local folder or hub id (e.g. nreimers/MiniLM-L6-H384-uncased). Default: the packaged "
@@ -296,6 +305,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
     """
     from .pipeline import run_job
     from .sharding import shard_from_env
+    from .sources import parse_column_types
     from .workers import parse_devices, run_on_devices
 
     num_shards, shard_index = shard_from_env(opts["num_shards"], opts["shard_index"])
@@ -306,6 +316,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         text_column=opts["text_column"],
         id_column=opts["id_column"],
         keep_columns=_columns(opts["keep_columns"]),
+        column_types=parse_column_types(opts["column_types"]),
         model=opts["model"],
         pooling=opts["pooling"],
         normalize=opts["normalize"],

@@ -18,6 +18,7 @@ class EmbedConfig:
     text_column: str = "text"
     id_column: str | None = None
     keep_columns: tuple[str, ...] = ()
+    column_types: dict[str, str] = field(default_factory=dict)  # --column-type NAME=TYPE
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
     pooling: str | None = None  # None: from the model's sentence-transformers config, else mean
     normalize: bool | None = None  # None: from the model's config, else False

@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import pyarrow.parquet as pq
-
 from .errors import InputError
 from .sources import Columns, InputFile, Split, read_file
+from .sources.parquet import open_parquet
 
 
 def shard_from_env(
@@ -46,7 +45,8 @@ def shard_from_env(
 def _atoms(f: InputFile) -> list[tuple[Split, int]]:
     """(split, weight) pieces a file can be cut into; byte-range files are one cuttable piece."""
     if f.format == "parquet":
-        meta = pq.ParquetFile(f.path).metadata
+        with open_parquet(f) as pf:
+            meta = pf.metadata
         groups = meta.num_row_groups
         return [
             (Split(f, "row_groups", g, g + 1, groups), max(1, meta.row_group(g).total_byte_size))
@@ -109,7 +109,8 @@ def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -
     total = 0
     for split in splits:
         if split.file.format == "parquet" and split.kind == "row_groups":
-            meta = pq.ParquetFile(split.file.path).metadata
+            with open_parquet(split.file) as pf:
+                meta = pf.metadata
             total += sum(meta.row_group(g).num_rows for g in range(split.start, split.end))
             continue
         for raw in read_file(split.file, columns, 65536, encoding_errors, split):

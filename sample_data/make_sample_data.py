@@ -39,10 +39,14 @@ print(len(gl), "glosses", len(fo), "fortunes")
 sample = rng.sample(gl, 300)
 s = out / "sample_data"
 s.mkdir(parents=True, exist_ok=True)
-for ext, delim in [("csv", ","), ("tsv", "\t")]:
-    with open(s / f"glosses.{ext}", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["synset", "word", "pos", "text"], delimiter=delim)
-        w.writeheader(); w.writerows(sample)
+with open(s / "glosses.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=["synset", "word", "pos", "text"])
+    w.writeheader(); w.writerows(sample)
+# TSV has no quoting: a tab separates fields, a newline ends a record, quotes are text.
+with open(s / "glosses.tsv", "w", newline="", encoding="utf-8") as f:
+    names = ["synset", "word", "pos", "text"]
+    f.write("\t".join(names) + "\n")
+    for r in sample: f.write("\t".join(r[n] for n in names) + "\n")
 with open(s / "glosses.jsonl", "w", encoding="utf-8") as f:
     for r in sample: f.write(json.dumps(r) + "\n")
 with gzip.open(s / "glosses.jsonl.gz", "wt", encoding="utf-8") as f:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from ..batching import Chunk
@@ -19,7 +20,7 @@ from ..config import EmbedConfig
 from ..errors import InputError
 from ..model import Embedder
 from ..sharding import count_records, plan_splits
-from ..sources import Columns, InputFile, Split, resolve_inputs
+from ..sources import Columns, InputFile, Split, resolve_inputs, resolve_schema
 from .engine import Engine, LocalEngine
 from .result import JobResult
 from .settings import build_embedder, check_config
@@ -36,11 +37,12 @@ class Plan:
     files: list[InputFile]
     splits: list[Split]
     earlier: list[Split]  # splits of the parts before this one (their records number ours)
+    schema: pa.Schema | None = None  # the id and kept columns' types, fixed before any row is read
 
     def only(self, paths: list[str]) -> Plan:
         """The same run over some of its inputs (--append: the ones OUTPUT does not hold)."""
         wanted = set(paths)
-        return Plan(self.files, [s for s in self.splits if s.file.path in wanted], [])
+        return Plan(self.files, [s for s in self.splits if s.file.path in wanted], [], self.schema)
 
     def record_start(self, cfg: EmbedConfig) -> int:
         """Default ids number rows over all inputs: count what the parts before this one hold."""
@@ -50,13 +52,17 @@ class Plan:
         return count_records(self.earlier, columns, cfg.encoding_errors)
 
 
-def plan_run(cfg: EmbedConfig) -> Plan:
-    """Check the flags and inputs (before any model loads, so bad input fails fast)."""
+def plan_run(cfg: EmbedConfig, log: Callable[[str], None] | None = None) -> Plan:
+    """Check the flags, the inputs and their columns (before any model loads, and before
+    OUTPUT is touched, so bad input fails fast and leaves OUTPUT as it was)."""
     check_config(cfg)
-    files = resolve_inputs(cfg.inputs, cfg.input_format)
+    exclude = [] if cfg.to_stdout else [cfg.output]  # a rerun never reads its own output
+    files = resolve_inputs(cfg.inputs, cfg.input_format, exclude=exclude, log=log)
+    columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+    schema = resolve_schema(files, columns, cfg.column_types or None)
     plan = plan_splits(files, cfg.num_shards)
     earlier = [s for rank in plan[: cfg.shard_index] for s in rank]
-    return Plan(files, plan[cfg.shard_index], earlier)
+    return Plan(files, plan[cfg.shard_index], earlier, schema)
 
 
 def run_job(
@@ -72,7 +78,7 @@ def run_job(
     ``engine`` runs the model somewhere else (the Ray engine), default here.
     """
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
-    plan = plan_run(cfg)
+    plan = plan_run(cfg, log)
     embedder = embedder or build_embedder(cfg)
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
@@ -107,7 +113,7 @@ class Run:
         self.record_end = 0
         self.guard = SignalGuard()
 
-    def open_stages(self, schema: object | None = None, record_start: int | None = None) -> Stages:
+    def open_stages(self, record_start: int | None = None) -> Stages:
         """The stage list over this part's splits (counts earlier parts' records: reads inputs)."""
         if record_start is None:
             record_start = self.plan.record_start(self.cfg)
@@ -116,8 +122,10 @@ class Run:
             from .reuse import ReuseIndex
             from .settings import run_settings
 
-            reuse = ReuseIndex(list(self.cfg.reuse), run_settings(self.cfg, self.embedder))
-        self.stages = Stages(self.cfg, self.embedder, self.plan.splits, record_start, schema, reuse=reuse)
+            reuse = ReuseIndex(list(self.cfg.reuse), run_settings(self.cfg, self.embedder))  # bytes only
+        self.stages = Stages(
+            self.cfg, self.embedder, self.plan.splits, record_start, self.plan.schema, reuse=reuse
+        )
         return self.stages
 
     def execute(self, write: Write, first_row: int, first_record: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from ..config import ON_ERROR, EmbedConfig
 from ..errors import InputError
 from ..model import Embedder
@@ -55,6 +57,20 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | Non
     if columns is not None:
         settings["columns"] = columns
     return settings
+
+
+def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | None:
+    """The output's id and kept columns: the job's schema, with the id column named ``id``
+    (default ids are int64 row numbers). Every shard is written with it, even one of rejects only."""
+    if schema is None:
+        return None
+    fields = [f for f in schema if f.name != cfg.id_column or not cfg.id_column]
+    if cfg.id_column:
+        id_field = schema.field(cfg.id_column).with_name("id")
+    else:
+        id_field = pa.field("id", pa.int64())
+    keep = {f.name: f for f in fields}
+    return pa.schema([id_field, *(keep[name] for name in cfg.keep_columns if name in keep)])
 
 
 def check_config(cfg: EmbedConfig) -> None:

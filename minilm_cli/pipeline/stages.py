@@ -93,8 +93,6 @@ class Stages:
     def _read(self, split: Split) -> Iterator:
         part = None if split.kind == "whole" else split
         cfg = self.cfg
-        if self.schema is None:
-            return read_file(split.file, self.columns, cfg.chunk_size, cfg.encoding_errors, part)
         return read_file(
             split.file, self.columns, cfg.chunk_size, cfg.encoding_errors, part, schema=self.schema
         )

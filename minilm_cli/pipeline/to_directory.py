@@ -11,15 +11,22 @@ import numpy as np
 from ..batching import Chunk
 from ..output import OutputSession
 from ..output.generations import current
+from ..sources import schema_to_json
 from .result import JobResult
 from .run import Run
-from .settings import run_settings
+from .settings import metadata_schema, run_settings
 
 
 def write_directory(run: Run) -> JobResult:
     cfg = run.cfg
     session = OutputSession(
-        cfg.output, cfg.output_format, cfg.dtype, cfg.shard_index, cfg.num_shards, log=run.log
+        cfg.output,
+        cfg.output_format,
+        cfg.dtype,
+        cfg.shard_index,
+        cfg.num_shards,
+        metadata_schema=metadata_schema(cfg, run.plan.schema),
+        log=run.log,
     )
     session.acquire()  # nothing in OUTPUT is read or changed before this
     try:
@@ -37,7 +44,7 @@ def _write(run: Run, session: OutputSession) -> JobResult:
     stages = run.open_stages()
     assignment = {"splits": [s.to_json() for s in run.plan.splits], "record_start": stages.record_start}
     point = session.start(
-        run_settings(cfg, run.embedder),
+        run_settings(cfg, run.embedder, columns_json(run)),
         [f.fingerprint() for f in run.plan.files],
         run.engine.runtime(),
         assignment,
@@ -52,6 +59,10 @@ def _write(run: Run, session: OutputSession) -> JobResult:
     if point.resumed:
         run.log(f"resuming after {len(point.finished_shards)} finished shard(s), {point.first_row} rows")
     return _run_to_end(run, session, point.first_row, max(point.first_record, stages.record_start))
+
+
+def columns_json(run: Run) -> list[dict] | None:
+    return schema_to_json(run.plan.schema) if run.plan.schema is not None else None
 
 
 def _write_rows(run: Run, session: OutputSession):
@@ -81,7 +92,9 @@ def _start_append(run: Run, session: OutputSession) -> JobResult | None:
     """--append into an OUTPUT that holds a finished run; None when OUTPUT is new."""
     cfg = run.cfg
     started = session.start_append(
-        run_settings(cfg, run.embedder), [f.fingerprint() for f in run.plan.files], run.engine.runtime()
+        run_settings(cfg, run.embedder, columns_json(run)),
+        [f.fingerprint() for f in run.plan.files],
+        run.engine.runtime(),
     )
     if started is None:
         return None

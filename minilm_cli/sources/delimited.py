@@ -1,0 +1,187 @@
+"""CSV (RFC 4180: quoted fields may hold commas, quotes and newlines) and TSV (no quoting at
+all: a tab separates fields, a line ends a record, quotes are text) as streams of text.
+
+Every value is text, exactly as written: nothing is inferred. Bytes that are not UTF-8 are
+carried as surrogate escapes and become a bad row (or U+FFFD under --encoding-errors
+replace) in whichever column holds them. Only forward reads: pipes and FIFOs stream.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow as pa
+
+from ..errors import InputError
+from .blocks import BlockBuilder
+from .rows import Columns, InputFile, RawRows, one_line
+from .values import text_value
+
+csv.field_size_limit(2**31 - 1)  # a 10 MB text cell is a long text, not a malformed row
+
+
+class _Tap:
+    """The lines of a text stream, remembering those read since the last ``take``."""
+
+    def __init__(self, lines: Any) -> None:
+        self.lines = iter(lines)
+        self.seen: list[str] = []
+
+    def __iter__(self) -> _Tap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.seen.append(line)
+        return line
+
+    def skip(self) -> None:
+        self.seen.clear()
+
+    def take(self) -> str:
+        text = "".join(self.seen).rstrip("\r\n")
+        self.seen.clear()
+        return printable(text)
+
+
+def printable(text: str) -> str:
+    """Text fit for a reject record: undecodable bytes and lone surrogates as escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def text_stream(stream: IO[bytes], encoding_errors: str) -> io.TextIOWrapper:
+    errors = "replace" if encoding_errors == "replace" else "surrogateescape"
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline="")  # type: ignore[arg-type]
+
+
+def _records(f: InputFile, tap: _Tap, per_line: bool) -> Iterator[list[str] | Exception]:
+    """Each record's fields, or the parse error in its place (the line is then a reject)."""
+    if f.format == "tsv":
+        for line in tap:
+            yield line.rstrip("\r\n").split("\t")
+        return
+    if per_line:  # a byte range: a quoted newline cannot be told from a record boundary
+        for line in tap:
+            try:
+                yield next(csv.reader([line], strict=True), [])
+            except csv.Error as exc:
+                yield exc
+        return
+    reader = csv.reader(tap, strict=True)
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
+
+
+def read_header(f: InputFile, stream: IO[bytes]) -> list[str]:
+    """The first record of a CSV/TSV stream: its column names."""
+    text = text_stream(stream, "replace")
+    try:
+        for record in _records(f, _Tap(text), per_line=False):
+            if isinstance(record, Exception):
+                raise InputError(f"{f.path}: cannot read the header: {one_line(record)}")
+            if record:
+                return record
+        return []
+    finally:
+        text.detach()  # the caller owns (and closes) the byte stream
+
+
+def check_header(f: InputFile, header: list[str], columns: Columns) -> dict[str, int]:
+    """Column name -> index; a repeated name or a missing wanted column stops the job."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in index:
+            raise InputError(f"{f.path}: column {name!r} appears twice in the header")
+        index[name] = i
+    roles = [(columns.text, "text")] + ([(columns.id, "id")] if columns.id else [])
+    for name, role in roles + [(k, "kept") for k in columns.keep]:
+        if name not in index:
+            shown = ", ".join(header) if header else "(none)"
+            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {shown}")
+    return index
+
+
+def read_delimited(
+    f: InputFile,
+    stream: IO[bytes],
+    columns: Columns,
+    schema: pa.Schema,
+    block_rows: int,
+    encoding_errors: str,
+    first_row: int = 0,
+    header: list[str] | None = None,
+    per_line: bool = False,
+) -> Iterator[RawRows]:
+    """RawRows of at most ``block_rows`` records. ``header`` is given for a byte range that
+    does not start the file (its rows are numbered from ``first_row``); inside a byte range
+    (``per_line``) every line is parsed on its own."""
+    text = text_stream(stream, encoding_errors)
+    try:
+        yield from _read_records(
+            f, text, columns, schema, block_rows, encoding_errors, first_row, header, per_line
+        )
+    finally:
+        text.detach()  # the caller owns (and closes) the byte stream: stdin stays open
+
+
+def _read_records(
+    f: InputFile,
+    text: io.TextIOWrapper,
+    columns: Columns,
+    schema: pa.Schema,
+    block_rows: int,
+    encoding_errors: str,
+    first_row: int,
+    header: list[str] | None,
+    per_line: bool,
+) -> Iterator[RawRows]:
+    tap = _Tap(text)
+    records = _records(f, tap, per_line)
+    if header is None:
+        first = next(records, [])
+        if isinstance(first, Exception):
+            raise InputError(f"{f.path}: cannot read the header: {one_line(first)}")
+        header = [printable(name) for name in first]
+        tap.skip()
+    index = check_header(f, header, columns)
+    id_name = columns.id
+
+    def convert(name: str, value: Any, declared: str, errors: str) -> tuple[Any, str | None]:
+        if value is None or (name == id_name and value == ""):
+            return None, None  # an empty id field is a null id: a bad row
+        return text_value(name, value, declared, errors)
+
+    block = BlockBuilder(f, columns, schema, encoding_errors, convert, keep_raw=False)
+    text_at, width, row = index[columns.text], len(header), first_row
+    for record in records:
+        if not record or (f.format == "tsv" and record == [""]):
+            tap.skip()
+            continue  # a blank line is no record
+        row += 1
+        if isinstance(record, Exception):
+            block.reject(row, f"malformed CSV: {one_line(record)}", tap.take())
+        elif len(record) != width:
+            block.reject(row, f"expected {width} columns, got {len(record)}", tap.take())
+        else:
+            tap.skip()
+            block.add(record[text_at], row, None, lambda name, r=record: r[index[name]])  # type: ignore[misc]
+        if len(block) >= block_rows:
+            yield block.take()
+    if block.pending:
+        yield block.take()

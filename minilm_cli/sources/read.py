@@ -1,0 +1,99 @@
+"""``read_file``: one input (or one split of it) as RawRows that fit the job's schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from ..errors import InputError
+from .delimited import read_delimited, read_header
+from .jsonl import read_jsonl
+from .parquet import read_parquet
+from .rows import Columns, InputFile, RawRows, Split, one_line
+from .schema import resolve_schema
+from .streams import ByteRange, open_binary, peek_stdin
+from .txt import no_columns_in_text, read_txt
+
+
+def read_file(
+    f: InputFile,
+    columns: Columns,
+    block_rows: int,
+    encoding_errors: str = "strict",
+    split: Split | None = None,
+    schema: pa.Schema | None = None,
+) -> Iterator[RawRows]:
+    """Stream one input (or one split of it) as RawRows of at most ``block_rows`` records.
+
+    ``schema`` is the job's (``resolve_schema``); without one, this file's own is resolved."""
+    if f.is_stdin and f.format == "auto":
+        head = peek_stdin(4096).lstrip()
+        f = InputFile("-", "jsonl" if head.startswith((b"{", b"\xef\xbb\xbf{")) else "txt")
+    if f.format == "txt":
+        no_columns_in_text(f, columns)
+    if f.is_stdin and f.format == "parquet":
+        raise InputError("Parquet cannot be read from stdin (it is not a stream); pass the file")
+    try:
+        if schema is None:
+            schema = resolve_schema([f], columns)
+        if f.format == "parquet":
+            yield from read_parquet(f, columns, schema, block_rows, encoding_errors, split)
+        elif split is not None and split.kind == "bytes":
+            yield from _read_byte_range(f, columns, schema, block_rows, encoding_errors, split)
+        else:
+            yield from _read_stream(f, columns, schema, block_rows, encoding_errors)
+    except FileNotFoundError:
+        raise InputError(f"input not found: {f.path}") from None
+    except PermissionError:
+        raise InputError(f"permission denied reading {f.path}") from None
+    except (EOFError, OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # disk-level faults are runtime failures, not bad input
+        raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
+
+
+def _read_stream(
+    f: InputFile, columns: Columns, schema: pa.Schema, block_rows: int, encoding_errors: str
+) -> Iterator[RawRows]:
+    stream = open_binary(f)
+    try:
+        if f.format in ("csv", "tsv"):
+            yield from read_delimited(f, stream, columns, schema, block_rows, encoding_errors)
+        elif f.format == "jsonl":
+            yield from read_jsonl(f, stream, columns, schema, block_rows, encoding_errors)
+        else:
+            yield from read_txt(f, stream, block_rows)
+    finally:
+        if not f.is_stdin:
+            stream.close()
+
+
+def _read_byte_range(
+    f: InputFile, columns: Columns, schema: pa.Schema, block_rows: int, encoding_errors: str, split: Split
+) -> Iterator[RawRows]:
+    stream = ByteRange(f.path, split.start, split.end)
+    try:
+        first_line = stream.lines_before()
+        if f.format in ("csv", "tsv"):
+            header = None
+            if stream.begin > 0:
+                with open_binary(f) as whole:
+                    header = read_header(f, whole)
+            yield from read_delimited(
+                f,
+                stream,  # type: ignore[arg-type]
+                columns,
+                schema,
+                block_rows,
+                encoding_errors,
+                first_row=max(first_line - 1, 0),
+                header=header,
+                per_line=True,
+            )
+        elif f.format == "jsonl":
+            yield from read_jsonl(f, stream, columns, schema, block_rows, encoding_errors, first_line)  # type: ignore[arg-type]
+        else:
+            yield from read_txt(f, stream, block_rows, first_line)  # type: ignore[arg-type]
+    finally:
+        stream.close()

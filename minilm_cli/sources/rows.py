@@ -1,0 +1,123 @@
+"""The records that flow out of the input side: which file, which columns, which part of a
+file, and blocks of rows before and after their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input, with what a resumed run must find unchanged."""
+
+    path: str  # "-" is stdin
+    format: str
+    compression: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.path == "-"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "compression": self.compression,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+        }
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns the job reads."""
+
+    text: str = "text"
+    id: str | None = None
+    keep: tuple[str, ...] = ()
+
+    @property
+    def wanted(self) -> list[str]:
+        names = [self.text] + ([self.id] if self.id else []) + list(self.keep)
+        return list(dict.fromkeys(names))
+
+    @property
+    def typed(self) -> list[str]:
+        """The columns whose types the schema fixes: the id first, then the kept ones."""
+        return list(dict.fromkeys(([self.id] if self.id else []) + list(self.keep)))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A part of one input that one worker reads: the whole file, a byte range of a text
+    format (records belong to the range holding their first byte), or Parquet row groups."""
+
+    file: InputFile
+    kind: str = "whole"  # "whole", "bytes" or "row_groups"
+    start: int = 0
+    end: int = 0
+    extent: int = 0  # the file's bytes, or its row groups: what the splits of a file must tile
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.file.path,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "extent": self.extent,
+        }
+
+
+@dataclass
+class Reject:
+    """A row that was not embedded, and enough to find and fix it."""
+
+    source: str
+    location_kind: str  # "line" or "row"
+    location: int | None
+    reason: str
+    raw: str | None = None
+    position: int = 0  # global record index it sits at: decides its shard, and resume skips
+
+    def describe(self) -> str:
+        where = f"{self.location_kind} {self.location}" if self.location is not None else "?"
+        return f"{self.source}, {where}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            self.location_kind: self.location,
+            "reason": self.reason,
+            "raw": self.raw,
+        }
+
+
+@dataclass
+class RawRows:
+    """Up to one read block of records from one file, not yet checked.
+
+    ``ids`` and ``keep`` conform exactly to the job's schema; a value that did not fit it
+    is null there and its row carries the reason in ``row_errors`` (a bad row)."""
+
+    file: InputFile
+    texts: list[Any]
+    locations: list[int]
+    ids: pa.Array | None = None
+    keep: pa.Table | None = None
+    raw_lines: list[str] | None = None
+    parse_rejects: list[Reject] = field(default_factory=list)
+    row_errors: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
