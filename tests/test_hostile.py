@@ -14,6 +14,7 @@ The cases encode what the issues say MUST happen, not what happens today.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -249,6 +250,16 @@ def test_02_empty_output_is_a_usage_error(extra, ws, tiny_model_dir):
     ws.assert_intact()
 
 
+@pytest.mark.parametrize("command", ["verify", "merge-manifests"])
+def test_02_empty_output_of_verify_and_merge_is_a_usage_error(command, ws):
+    # the cwd holds an app's manifest.json: an unset variable must not make it the OUTPUT
+    before = snapshot(ws.root)
+    result = invoke([command, ""])
+    assert_one_error(result, 2)
+    assert snapshot(ws.root) == before
+    ws.assert_intact()
+
+
 # ---------------------------------------------------------------------------- 3: parts into a finished run
 
 
@@ -277,10 +288,10 @@ def test_04_resume_never_reports_complete_over_a_damaged_shard(damage, ws, tiny_
     else:
         shard.write_bytes(b"")
     result = embed(tiny_model_dir, src, "-o", out, *GOOD_FLAGS, "--resume")
-    if result.exit_code == 0:  # redone: every row is back, and the output verifies
+    if result.exit_code == 0:  # redone: the output verifies, and every row is back
         assert_ok(result)
-        assert_rows(out, 20, 0)
         assert_verifies(out)
+        assert_rows(out, 20, 0)
     else:  # refused: one clear line, an OUTPUT conflict
         assert_one_error(result, 3, str(out))
     ws.assert_intact()
@@ -653,10 +664,14 @@ class FifoWriter:
         assert not self.thread.is_alive()
 
 
-@pytest.mark.parametrize("name", ["in.csv", "in.tsv"])
-def test_17_a_csv_fifo_is_streamed(name, ws, tiny_model_dir):
+@pytest.mark.parametrize("name", ["in.csv", "in.tsv", "in.jsonl", "in.txt"])
+def test_17_a_fifo_is_streamed(name, ws, tiny_model_dir):
     sep = "\t" if name.endswith(".tsv") else ","
     data = ("id" + sep + "text\n" + "".join(f"{i}{sep}row number {i}\n" for i in range(7))).encode()
+    if name.endswith(".jsonl"):
+        data = "".join(json.dumps({"text": f"row number {i}"}) + "\n" for i in range(7)).encode()
+    elif name.endswith(".txt"):  # txt and JSONL FIFOs are streamed today: the contrast
+        data = "".join(f"row number {i}\n" for i in range(7)).encode()
     fifo = FifoWriter(ws.root / name, data)
     out = ws.root / "out"
     try:
@@ -665,6 +680,22 @@ def test_17_a_csv_fifo_is_streamed(name, ws, tiny_model_dir):
         fifo.finish()
     assert_ok(result)
     assert_rows(out, 7, 0)
+    ws.assert_intact()
+
+
+# ---------------------------------------------------------------------------- found by tests/test_fuzz.py
+
+
+@pytest.mark.parametrize("name", ["in.txt.gz", "in.jsonl.gz", "in.csv.gz"])
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+def test_fuzz_finding_a_damaged_deflate_stream_is_bad_input(name, on_error, ws, tiny_model_dir):
+    """A gzip file with one byte of its header dropped: zlib.error must be exit 2, not
+    'unexpected error' exit 1 (found by the fuzz: txt.gz and jsonl.gz, not csv.gz)."""
+    data = gzip.compress(b"id,text\n" + b"".join(b"%d,row %d\n" % (i, i) for i in range(8)), mtime=0)
+    src = ws.root / name
+    src.write_bytes(data[:3] + data[4:])
+    result = embed(tiny_model_dir, src, "-o", ws.root / "out", "--on-error", on_error)
+    assert_one_error(result, 2, re.escape(str(src)))
     ws.assert_intact()
 
 
@@ -800,12 +831,13 @@ def test_real_process_hostile_inputs_one_line_each(ws, tiny_model_dir):
 
 
 def test_real_process_minilm_debug_keeps_the_exit_code(ws, tiny_model_dir):
-    src = ws.root / "bad.txt"
-    src.write_text("alpha\n\ngamma\n")
+    missing = ws.root / "nothere.txt"
     proc = run_minilm(
-        ["embed", src, "-o", ws.root / "out", *model_args(tiny_model_dir)], ws.root, env={"MINILM_DEBUG": "1"}
+        ["embed", missing, "-o", ws.root / "out", *model_args(tiny_model_dir)],
+        ws.root,
+        env={"MINILM_DEBUG": "1"},
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" in proc.stderr  # debug shows one
-    assert proc.stderr.splitlines()[-1].startswith("minilm: error: bad row: ")
+    assert proc.stderr.splitlines()[-1] == f"minilm: error: input not found: {missing}"
     ws.assert_intact()
