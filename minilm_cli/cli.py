@@ -24,13 +24,13 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 # Everything str.splitlines() breaks on: a message must stay one line whatever a path, a
-# column name or a CSV header holds, so these are written as escapes (\\n, \\r, \\x85, ...).
+# column name or a CSV header holds, so these are written as escapes (\n, \r, \x85, ...).
 _LINE_BREAKS = {
     c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)
 }
 MAX_ROWS = 2**31 - 1  # --chunk-size, --shard-rows, --batch-size: beyond this a number is a typo
 MAX_THREADS = 4096
-MAX_SHARDS = 1 << 20
+MAX_SHARDS = 1 << 20  # as sharding.MAX_SHARDS (not imported here: it pulls in pyarrow)
 
 
 def one_line(message: str) -> str:
@@ -72,8 +72,8 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
-            raise  # a usage error: OneLineErrors prints it
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: OneLineErrors prints it as one line
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the last line of defence
             if os.environ.get("MINILM_DEBUG"):
                 traceback.print_exc(file=sys.stderr)
@@ -107,6 +107,18 @@ def _check_keep_columns(ctx: click.Context, param: click.Parameter, value: str |
             raise click.BadParameter(f"'{name}' is listed twice", ctx, param)
         seen.add(name)
     return value
+
+
+def _at_most(limit: int) -> Callable:
+    """A callback refusing numbers no run can mean (10**20 rows or threads) as a usage error,
+    before they overflow somewhere deep inside as an 'unexpected' exit 1."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        if value is not None and value > limit:
+            raise click.BadParameter(f"{value} is more than the most allowed, {limit}", ctx, param)
+        return value
+
+    return check
 
 
 def _check_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -188,7 +200,8 @@ def main() -> None:
 )
 @click.option(
     "--max-length",
-    type=click.IntRange(2, MAX_ROWS),
+    type=click.IntRange(2),
+    callback=_at_most(MAX_ROWS),
     help="Tokens per text; longer texts are truncated and counted. "
     "Default: the model's max_seq_length, else 512.",
 )
@@ -210,24 +223,28 @@ def main() -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, MAX_ROWS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     help="Most rows per forward pass. Default: 64 on CPU, 1024 on CUDA.",
 )
 @click.option(
     "--batch-tokens",
-    type=click.IntRange(1, MAX_ROWS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     help="Most padded tokens (rows x longest row) per forward pass. Default: 2048 on CPU, 65536 on CUDA.",
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(1, MAX_ROWS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     default=8192,
     show_default=True,
     help="Rows read, length-sorted and embedded together.",
 )
 @click.option(
     "--shard-rows",
-    type=click.IntRange(1, MAX_ROWS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     default=100_000,
     show_default=True,
     help="Rows per output shard.",
@@ -272,19 +289,22 @@ def main() -> None:
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1, MAX_THREADS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_THREADS),
     help="CPU threads for the model. Default: the cores this process may use.",
 )
 @click.option(
     "--num-shards",
-    type=click.IntRange(1, MAX_SHARDS),
+    type=click.IntRange(1),
+    callback=_at_most(MAX_SHARDS),
     envvar="MINILM_NUM_SHARDS",
     help="Split the input into this many parts for independent runs (job arrays). Default: from "
     "SLURM_ARRAY_TASK_COUNT or WORLD_SIZE, else 1. [env MINILM_NUM_SHARDS]",
 )
 @click.option(
     "--shard-index",
-    type=click.IntRange(0, MAX_SHARDS - 1),
+    type=click.IntRange(0),
+    callback=_at_most(MAX_SHARDS - 1),
     envvar="MINILM_SHARD_INDEX",
     help="Which part this run embeds, 0-based. Default: from SLURM_ARRAY_TASK_ID (minus "
     "SLURM_ARRAY_TASK_MIN), JOB_COMPLETION_INDEX (Kubernetes) or RANK, else 0. [env MINILM_SHARD_INDEX]",
