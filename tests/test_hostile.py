@@ -843,3 +843,52 @@ def test_real_process_minilm_debug_keeps_the_exit_code(ws, tiny_model_dir):
     assert "Traceback" in proc.stderr  # debug shows one
     assert proc.stderr.splitlines()[-1] == f"minilm: error: input not found: {missing}"
     ws.assert_intact()
+
+
+# ---------------------------------------------------------------------------- the fixes, unit by unit
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "3"}, (4, 2)),
+        ({"SLURM_ARRAY_TASK_ID": " 1 ", "SLURM_ARRAY_TASK_COUNT": "2"}, (2, 1)),
+        ({"JOB_COMPLETION_INDEX": "0"}, (1, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "4"}, (4, 3)),
+        ({"RANK": "abc"}, (1, 0)),  # RANK alone is not a sharded run: it is not read
+    ],
+)
+def test_shard_from_env_reads_well_formed_variables(env, expected):
+    from minilm_cli.sharding import shard_from_env
+
+    assert shard_from_env(None, None, env) == expected
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"RANK": "-1", "WORLD_SIZE": "4"}, "RANK"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE"),
+        ({"RANK": "0", "WORLD_SIZE": str(10**20)}, "WORLD_SIZE"),
+        ({"SLURM_ARRAY_TASK_ID": "1e3", "SLURM_ARRAY_TASK_COUNT": "2"}, "SLURM_ARRAY_TASK_ID"),
+        ({"JOB_COMPLETION_INDEX": "x\ny"}, "JOB_COMPLETION_INDEX"),
+    ],
+)
+def test_shard_from_env_names_a_malformed_variable(env, named):
+    from minilm_cli.errors import InputError
+    from minilm_cli.sharding import shard_from_env
+
+    with pytest.raises(InputError, match=named) as caught:
+        shard_from_env(None, None, env)
+    assert "\n" not in str(caught.value)
+
+
+def test_fail_writes_one_line_whatever_the_message_holds(capsys):
+    from minilm_cli.cli import fail
+
+    with pytest.raises(SystemExit) as caught:
+        fail("a\nb\rc\x0bd\x0ce\x1cf\x1dg\x1eh\x85i\u2028j\u2029k", 2)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err == "minilm: error: a\\nb\\rc\\x0bd\\x0ce\\x1cf\\x1dg\\x1eh\\x85i\\u2028j\\u2029k\n"
