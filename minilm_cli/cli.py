@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,41 +23,64 @@ from .errors import ExitCode, Interrupted, MinilmError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Everything str.splitlines() breaks on: a message must stay one line whatever a path, a
+# column name or a CSV header holds, so these are written as escapes (\n, \r, \x85, ...).
+_LINE_BREAKS = {
+    c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)
+}
+MAX_ROWS = 2**31 - 1  # --chunk-size, --shard-rows, --batch-size: beyond this a number is a typo
+MAX_THREADS = 4096
+MAX_SHARDS = 1 << 20  # as sharding.MAX_SHARDS (not imported here: it pulls in pyarrow)
+
+
+def one_line(message: str) -> str:
+    return message.translate(_LINE_BREAKS)
+
+
 def fail(message: str, code: int) -> None:
-    click.echo(f"minilm: error: {message}", err=True)
+    click.echo(f"minilm: error: {one_line(message)}", err=True)
     sys.exit(int(code))
 
 
+def _describe_failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and the documented exit code for a failure escaping a command."""
+    if isinstance(exc, Interrupted):
+        return (
+            f"{exc}; finished shards are kept: rerun the same command with --resume to continue",
+            exc.exit_code,
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; rerun the same command with --resume to continue", ExitCode.INTERRUPTED_SIGINT
+    if isinstance(exc, MinilmError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        return _describe_os_error(exc), ExitCode.RUNTIME_FAILURE
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower --batch-tokens or --chunk-size", ExitCode.RUNTIME_FAILURE
+    text = " ".join(str(exc).split())[:300]
+    return (
+        f"unexpected {type(exc).__name__}: {text} (set MINILM_DEBUG=1 for a traceback)",
+        ExitCode.RUNTIME_FAILURE,
+    )
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn every failure into one stderr line and a documented exit code, never a traceback."""
+    """Turn every failure into one stderr line and a documented exit code, never a traceback.
+    MINILM_DEBUG=1 prints the traceback first; the line and the exit code stay the same."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if os.environ.get("MINILM_DEBUG"):
-            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
-        except Interrupted as exc:
-            fail(
-                f"{exc}; finished shards are kept: rerun the same command with --resume to continue",
-                exc.exit_code,
-            )
-        except KeyboardInterrupt:
-            fail("interrupted; rerun the same command with --resume to continue", ExitCode.INTERRUPTED_SIGINT)
-        except MinilmError as exc:
-            fail(str(exc), exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: OneLineErrors prints it as one line
         except BrokenPipeError:
             _quiet_broken_pipe()
-        except OSError as exc:
-            fail(_describe_os_error(exc), ExitCode.RUNTIME_FAILURE)
-        except MemoryError:
-            fail("out of memory: lower --batch-tokens or --chunk-size", ExitCode.RUNTIME_FAILURE)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-            text = " ".join(str(exc).split())[:300]
-            fail(
-                f"unexpected {type(exc).__name__}: {text} (set MINILM_DEBUG=1 for a traceback)",
-                ExitCode.RUNTIME_FAILURE,
-            )
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("MINILM_DEBUG"):
+                traceback.print_exc(file=sys.stderr)
+                sys.stderr.flush()
+            fail(*_describe_failure(exc))
 
     return wrapper
 
@@ -88,6 +112,36 @@ def _columns(value: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
 
 
+def _check_keep_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    seen: set[str] = set()
+    for name in _columns(value):
+        if name in seen:
+            raise click.BadParameter(f"'{name}' is listed twice", ctx, param)
+        seen.add(name)
+    return value
+
+
+def _at_most(limit: int) -> Callable:
+    """A callback refusing numbers no run can mean (10**20 rows or threads) as a usage error,
+    before they overflow somewhere deep inside as an 'unexpected' exit 1."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        if value is not None and value > limit:
+            raise click.BadParameter(f"{value} is more than the most allowed, {limit}", ctx, param)
+        return value
+
+    return check
+
+
+def _check_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # An unset shell variable (-o "$OUT") must not turn into the current directory.
+    if value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty (an unset variable?): name a directory, or - for stdout", ctx, param
+        )
+    return value
+
+
 class OneLineErrors(click.Group):
     """Click's usage errors (unknown flag, bad choice) as one line too, like every other error."""
 
@@ -117,7 +171,13 @@ def main() -> None:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", required=True, help="Output directory, or - for JSON lines on stdout.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    callback=_check_output,
+    help="Output directory, or - for JSON lines on stdout.",
+)
 @click.option(
     "--input-format",
     type=click.Choice(["csv", "tsv", "jsonl", "parquet", "txt"]),
@@ -130,7 +190,12 @@ def main() -> None:
 @click.option(
     "--id-column", help="Column copied to the output's id. Default: the 0-based row number over all inputs."
 )
-@click.option("--keep-columns", metavar="A,B", help="Comma-separated columns copied through to the output.")
+@click.option(
+    "--keep-columns",
+    metavar="A,B",
+    callback=_check_keep_columns,
+    help="Comma-separated columns copied through to the output.",
+)
 @click.option(
     "--column-type",
     "column_types",
@@ -157,6 +222,7 @@ def main() -> None:
 @click.option(
     "--max-length",
     type=click.IntRange(2),
+    callback=_at_most(MAX_ROWS),
     help="Tokens per text; longer texts are truncated and counted. "
     "Default: the model's max_seq_length, else 512.",
 )
@@ -179,22 +245,30 @@ def main() -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     help="Most rows per forward pass. Default: 64 on CPU, 1024 on CUDA.",
 )
 @click.option(
     "--batch-tokens",
     type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     help="Most padded tokens (rows x longest row) per forward pass. Default: 2048 on CPU, 65536 on CUDA.",
 )
 @click.option(
     "--chunk-size",
     type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
     default=8192,
     show_default=True,
     help="Rows read, length-sorted and embedded together.",
 )
 @click.option(
-    "--shard-rows", type=click.IntRange(1), default=100_000, show_default=True, help="Rows per output shard."
+    "--shard-rows",
+    type=click.IntRange(1),
+    callback=_at_most(MAX_ROWS),
+    default=100_000,
+    show_default=True,
+    help="Rows per output shard.",
 )
 @click.option(
     "--format",
@@ -257,11 +331,13 @@ def main() -> None:
 @click.option(
     "--threads",
     type=click.IntRange(1),
+    callback=_at_most(MAX_THREADS),
     help="CPU threads for the model. Default: the cores this process may use.",
 )
 @click.option(
     "--num-shards",
     type=click.IntRange(1),
+    callback=_at_most(MAX_SHARDS),
     envvar="MINILM_NUM_SHARDS",
     help="Split the input into this many parts for independent runs (job arrays). Default: from "
     "SLURM_ARRAY_TASK_COUNT or WORLD_SIZE, else 1. [env MINILM_NUM_SHARDS]",
@@ -269,6 +345,7 @@ def main() -> None:
 @click.option(
     "--shard-index",
     type=click.IntRange(0),
+    callback=_at_most(MAX_SHARDS - 1),
     envvar="MINILM_SHARD_INDEX",
     help="Which part this run embeds, 0-based. Default: from SLURM_ARRAY_TASK_ID (minus "
     "SLURM_ARRAY_TASK_MIN), JOB_COMPLETION_INDEX (Kubernetes) or RANK, else 0. [env MINILM_SHARD_INDEX]",
@@ -362,7 +439,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@click.argument("output", type=click.Path(file_okay=False, exists=True), callback=_check_output)
 @handle_errors
 def verify(output: str) -> None:
     """Check OUTPUT against its manifest: every shard present, checksums, row counts, dim,
@@ -376,7 +453,7 @@ def verify(output: str) -> None:
 
 
 @main.command("merge-manifests", context_settings=CONTEXT)
-@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@click.argument("output", type=click.Path(file_okay=False, exists=True), callback=_check_output)
 @handle_errors
 def merge_manifests_command(output: str) -> None:
     """Check that the manifest parts of a sharded run (manifest-I-of-N.json) cover the whole

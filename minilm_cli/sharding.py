@@ -27,12 +27,13 @@ def shard_from_env(
     env = os.environ if env is None else env
     count, index = None, None
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", 1, MAX_SHARDS)
+        first = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0) if "SLURM_ARRAY_TASK_MIN" in env else 0
+        index = _env_int(env, "SLURM_ARRAY_TASK_ID", 0) - first
     elif "JOB_COMPLETION_INDEX" in env:  # Kubernetes does not export the completion count
-        index = int(env["JOB_COMPLETION_INDEX"])
+        index = _env_int(env, "JOB_COMPLETION_INDEX", 0)
     elif "RANK" in env and "WORLD_SIZE" in env:
-        count, index = int(env["WORLD_SIZE"]), int(env["RANK"])
+        count, index = _env_int(env, "WORLD_SIZE", 1, MAX_SHARDS), _env_int(env, "RANK", 0)
     count = num_shards if num_shards is not None else count
     index = shard_index if shard_index is not None else index
     count = 1 if count is None else count
@@ -40,6 +41,25 @@ def shard_from_env(
     if count < 1 or not 0 <= index < count:
         raise InputError(f"shard index {index} is outside 0..{count - 1} (--num-shards {count})")
     return count, index
+
+
+MAX_SHARDS = 1 << 20  # as the CLI's --num-shards allows
+
+
+def _env_int(env: Mapping[str, str], name: str, least: int, most: int = 2**31 - 1) -> int:
+    """A scheduler's variable as a whole number, or an InputError naming it."""
+    raw = env[name]
+    try:
+        value: int | None = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not least <= value <= most:
+        shown = raw.encode("unicode_escape").decode("ascii")[:40]
+        raise InputError(
+            f"environment variable {name}={shown!r} is not a whole number from {least} to {most}: "
+            "fix it or pass --num-shards and --shard-index"
+        )
+    return value
 
 
 def _atoms(f: InputFile) -> list[tuple[Split, int]]:
