@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import lzma
+import zlib
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -47,7 +49,7 @@ def read_file(
         raise InputError(f"input not found: {f.path}") from None
     except PermissionError:
         raise InputError(f"permission denied reading {f.path}") from None
-    except (EOFError, OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+    except (EOFError, OSError, pa.ArrowInvalid, UnicodeDecodeError, zlib.error, lzma.LZMAError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # disk-level faults are runtime failures, not bad input
         raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
