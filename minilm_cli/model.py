@@ -55,7 +55,28 @@ def resolve_model(name: str | None) -> ModelSource:
         return _with_weights(name, "local", name)
     if os.path.exists(name):
         raise InputError(f"--model {name} is a file; pass the folder that holds config.json")
+    if _looks_like_path(name):
+        raise InputError(f"--model {name}: no such folder")
     return _hub_model(name)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else with a path's shape is meant as a folder."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+    )
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """One line of at most ``limit`` characters, cut at a word boundary."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _packaged_model() -> ModelSource:
@@ -95,7 +116,7 @@ def _download(repo_id: str, patterns: list[str]) -> str:
         if not _weights_in(path):  # an older repo with only a pickle: fetch it, load it safely
             path = snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model.bin"])
     except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all one message
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        reason = shorten(str(exc)) or type(exc).__name__
         raise InputError(f"model {repo_id} is not cached and cannot be fetched ({reason}); {hint}") from None
     return path
 
@@ -274,7 +295,7 @@ class Embedder:
                 trust_remote_code=False,
             )
         except Exception as exc:  # noqa: BLE001 - a broken folder fails in many ways
-            reason = " ".join(str(exc).split())[:200]
+            reason = shorten(str(exc), 200)
             raise InputError(f"cannot load model from {path}: {reason}") from None
         defaults = read_pooling_config(path, getattr(config, "max_position_embeddings", 512))
         self.pooling = pooling or defaults.pooling
