@@ -13,6 +13,9 @@ class FileInfo:
     size: int
     mtime_ns: int | None
     is_dir: bool = False
+    #: What changes whenever the content does: ``etag:...`` on stores that have ETags,
+    #: ``size-mtime:...`` elsewhere; None for directories and local files (compare mtime_ns).
+    fingerprint: str | None = None
 
 
 class PendingFile(Protocol):
@@ -29,7 +32,7 @@ class PendingFile(Protocol):
 class Lock(Protocol):
     """One writer at a time; released explicitly, and by the system when the holder dies."""
 
-    def release(self) -> None: ...
+    def release(self, remove: bool = False) -> None: ...
 
 
 class Storage(Protocol):
@@ -44,6 +47,10 @@ class Storage(Protocol):
     def walk_files(self, path: str) -> list[str]: ...
 
     def glob(self, pattern: str) -> list[str]: ...
+
+    def real_path(self, path: str) -> str: ...
+
+    def file_problem(self, path: str) -> str | None: ...
 
     def open_read(self, path: str) -> IO[bytes]: ...
 
@@ -60,3 +67,17 @@ class Storage(Protocol):
     def make_dirs(self, path: str) -> None: ...
 
     def lock(self, path: str) -> Lock: ...
+
+    def lock_holder(self, path: str) -> str | None:
+        """Who holds the lock at ``path`` (a pid, or "?"), or None when nobody does.
+        Looks without taking it or changing the file."""
+        ...
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``; a negative ``start`` counts from the end."""
+        ...
+
+    def scratch(self) -> IO[bytes]:
+        """An anonymous local temp file (read + write, seekable), gone once closed: spools
+        and sort runs, never output."""
+        ...

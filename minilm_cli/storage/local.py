@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob as globbing
 import os
+import stat
+import tempfile
 from typing import IO
 
 from ..errors import OutputConflict
@@ -104,6 +107,27 @@ class LocalStorage:
     def glob(self, pattern: str) -> list[str]:
         return sorted(p for p in globbing.glob(pattern, recursive=True) if os.path.isfile(p))
 
+    def real_path(self, path: str) -> str:
+        """The absolute path with every symlink resolved (for telling whether two paths meet)."""
+        return os.path.realpath(path)
+
+    def file_problem(self, path: str) -> str | None:
+        """Why ``path`` cannot be read as an input file, or None when it can (a regular
+        file, a FIFO or a character device such as ``/dev/stdin`` or ``<(...)``)."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return "dangling symlink" if os.path.islink(path) else "not found"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "symlink loop"
+            return f"cannot be read ({exc.strerror or exc})"
+        if stat.S_ISDIR(st.st_mode):
+            return "is a directory"
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            return "not a regular file"
+        return None
+
     def open_read(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 
@@ -137,6 +161,27 @@ class LocalStorage:
 
     def lock(self, path: str) -> LocalLock:
         return LocalLock(os.fspath(path))
+
+    def lock_holder(self, path: str) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # closing drops the shared lock, if it was taken
+        return None
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+            return f.read(length)
+
+    def scratch(self) -> IO[bytes]:
+        return tempfile.TemporaryFile()
 
 
 def _remove(path: str) -> None:
