@@ -121,9 +121,12 @@ def redact_url(url: str) -> str:
     if not m:
         return url
     rest = url[m.end() :]
+    before_query = rest.split("?", 1)[0]
+    userinfo, at, _ = before_query.rpartition("@")
+    # user:password@host (a password may hold an unencoded '/'); hf://repo@revision is no user info
+    if at and (":" in userinfo or "/" not in userinfo):
+        rest = "***@" + rest[len(userinfo) + 1 :]
     netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
     path, q, query = path.partition("?")
     if q:
         parts = []
