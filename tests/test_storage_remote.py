@@ -380,3 +380,66 @@ def test_s3_server_gone_mid_upload_is_exit_1(s3_server) -> None:  # noqa: F811
     assert exc.value.exit_code == ExitCode.RUNTIME_FAILURE and "\n" not in str(exc.value)
     assert "testing" not in str(exc.value)
     pending.discard()
+
+
+HOLD = """
+import sys, time
+from minilm_cli.errors import OutputConflict
+from minilm_cli.storage import storage_for
+try:
+    lock = storage_for(sys.argv[1]).lock(sys.argv[1])
+except OutputConflict as exc:
+    print("refused:", exc, flush=True)
+    sys.exit(3)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+
+def _hold(path: str, seconds: float):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, path, str(seconds)], stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def test_s3_lease_of_a_killed_run_does_not_block_resume(s3) -> None:
+    import signal
+
+    store, root, _ = s3
+    path = f"{root}/.lock"
+    holder = _hold(path, 60)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(OutputConflict, match=f"pid {holder.pid} on"):
+        store.lock(path)  # a live run in another process is refused
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert store.exists(path)  # kill -9 left its lease behind...
+    lock = store.lock(path)  # ...and it is taken over at once (same host, dead pid)
+    lock.release()
+
+
+def test_s3_two_processes_racing_one_wins(s3) -> None:
+    store, root, _ = s3
+    path = f"{root}/.lock"
+    racers = [_hold(path, 1.5) for _ in range(2)]
+    outs = [r.communicate(timeout=60)[0] for r in racers]
+    assert sorted(r.returncode for r in racers) == [0, 3], outs
+    assert not store.exists(path)
+
+
+def test_storage_survives_fork_and_pickle(s3) -> None:
+    import multiprocessing
+    import pickle
+
+    store, root, _ = s3
+    store.write_atomic(f"{root}/f.txt", b"forked")
+    again = pickle.loads(pickle.dumps(store))
+    assert again.read_bytes(f"{root}/f.txt") == b"forked"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(store.read_bytes, (f"{root}/f.txt",)) == b"forked"

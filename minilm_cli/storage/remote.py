@@ -265,13 +265,13 @@ def _bucket_url(url: str) -> str:
 # -- the file system
 
 
-_FS_CACHE: dict[tuple[str, str], Any] = {}
+_FS_CACHE: dict[tuple[str, str, int], Any] = {}
 _FS_CACHE_LOCK = threading.Lock()
 
 
 def filesystem(scheme: str, options: dict[str, Any]) -> Any:
     """The fsspec file system for ``scheme``; a missing package is one InputError line."""
-    key = (scheme, json.dumps(options, sort_keys=True, default=str))
+    key = (scheme, json.dumps(options, sort_keys=True, default=str), os.getpid())
     with _FS_CACHE_LOCK:
         fs = _FS_CACHE.get(key)
         if fs is not None:
@@ -480,9 +480,23 @@ class FsspecStorage:
     def __init__(self, scheme: str, options: dict[str, Any] | None = None) -> None:
         self.scheme = scheme.lower()
         self.options = dict(options or {})
-        self.fs = filesystem(self.scheme, self.options)
+        self._pid = os.getpid()
+        self._fs = filesystem(self.scheme, self.options)
         self.is_s3 = self.scheme in S3_SCHEMES
         self.native_conditional = self.is_s3 or self.scheme == "memory"
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system, rebuilt in a forked child (async file systems such as
+        s3fs are not fork-safe: their event loop stays in the parent)."""
+        if self._pid != os.getpid():
+            self._fs = filesystem(self.scheme, self.options)
+            self._pid = os.getpid()
+        return self._fs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (spawned workers, Ray tasks) as scheme + options; rebuilt on arrival."""
+        return (FsspecStorage, (self.scheme, self.options))
 
     # -- names
 
