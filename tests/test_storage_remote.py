@@ -176,7 +176,7 @@ def test_memory_lease_refuses_second_holder_and_stale_is_taken(mem) -> None:
     store, root = mem
     path = f"{root}/out/.lock"
     first = store.lock(path)
-    assert store.lock_holder(path) == f"pid {__import__('os').getpid()} on {socket.gethostname()}"
+    assert store.lock_holder(path) == f"{__import__('os').getpid()} on {socket.gethostname()}"
     with pytest.raises(OutputConflict, match="in use by another run"):
         store.lock(path)
     first.release()

@@ -468,6 +468,8 @@ def _parent(path: str) -> str:
 
 
 _MEMORY_MUTEX = threading.Lock()
+#: Store answers that mean "another writer's version is there": the condition failed.
+_LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 class FsspecStorage:
@@ -673,7 +675,8 @@ class FsspecStorage:
         return lease, fingerprint
 
     def put_if_absent(self, path: str, data: bytes) -> bool:
-        """Create ``path`` only if nothing is there; False when something is."""
+        """Create ``path`` only if nothing is there; False when something is (or when another
+        writer's conditional create raced ours: S3's 409 ConditionalRequestConflict)."""
         self._writable(path)
         if self.scheme == "memory":
             with _MEMORY_MUTEX:
@@ -682,13 +685,16 @@ class FsspecStorage:
                 self.fs.pipe_file(self.key(path), data)
                 return True
         try:
-            with self.errors(path):
-                self.fs.pipe_file(self.key(path), data, mode="create")
+            self.fs.pipe_file(self.key(path), data, mode="create")
             return True
         except FileExistsError:
             return False
         except (TypeError, NotImplementedError):
             pass  # this store's fsspec has no exclusive create: check, then write
+        except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
+            if _error_code(exc) in _LOST_RACE:
+                return False
+            raise translate(exc, path, self.options) from None
         if self.exists(path):
             return False
         self.write_atomic(path, data)
@@ -698,17 +704,16 @@ class FsspecStorage:
         """Replace ``path`` only if it is still the version ``fingerprint``; False otherwise."""
         if self.is_s3 and fingerprint and fingerprint.startswith("etag:"):
             try:
-                with self.errors(path):
-                    self.fs.pipe_file(self.key(path), data, IfMatch=f'"{fingerprint[5:]}"')
+                self.fs.pipe_file(self.key(path), data, IfMatch=f'"{fingerprint[5:]}"')
                 return True
-            except (FileNotFoundError, FileExistsError):
-                return False
-            except MinilmError as exc:
-                if "PreconditionFailed" in str(exc) or "pre-condition" in str(exc).lower():
-                    return False
-                raise
-            except OSError:
-                return False  # s3fs turns 412 Precondition Failed into OSError(EINVAL)
+            except FileNotFoundError as exc:
+                if _error_code(exc) == "NoSuchBucket":
+                    raise translate(exc, path, self.options) from None
+                return False  # the lease is gone: it is not ours to refresh
+            except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
+                if _error_code(exc) in _LOST_RACE:
+                    return False  # 412: someone else's version is there now
+                raise translate(exc, path, self.options) from None
         guard = _MEMORY_MUTEX if self.scheme == "memory" else contextlib.nullcontext()
         with guard:
             if self.etag(path) != fingerprint:
@@ -723,11 +728,12 @@ class FsspecStorage:
         return LeaseLock(self, path, ttl)
 
     def lock_holder(self, path: str) -> str | None:
-        """Who holds the lease at ``path`` ("pid N on HOST"), or None when nobody (or a stale one)."""
+        """Who holds the lease at ``path`` ("PID on HOST", as local storage gives "PID"), or
+        None when nobody does or the lease is stale."""
         lease, _ = self.read_lease(path)
         if lease is None or lease_is_stale(lease):
             return None
-        return describe(lease)
+        return f"{lease.get('pid', '?')} on {lease.get('host', '?')}"
 
 
 def _mtime_ns(d: dict[str, Any]) -> int | None:
