@@ -443,3 +443,65 @@ def test_storage_survives_fork_and_pickle(s3) -> None:
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
         assert pool.apply(store.read_bytes, (f"{root}/f.txt",)) == b"forked"
+
+
+class SlowStream(io.RawIOBase):
+    """A store with ``latency`` seconds per request."""
+
+    def __init__(self, data: bytes, latency: float) -> None:
+        self.data, self.latency, self.at = data, latency, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        time.sleep(self.latency)
+        n = min(len(buffer), len(self.data) - self.at)
+        buffer[:n] = self.data[self.at : self.at + n]
+        self.at += n
+        return n
+
+
+def test_prefetch_overlaps_request_latency_with_work() -> None:
+    from minilm_cli.storage import prefetching
+
+    data = bytes(range(256)) * 64  # 16 blocks of 1 KiB
+    start = time.monotonic()
+    with prefetching(SlowStream(data, 0.05), block_size=1024, depth=4) as f:
+        got = b""
+        while block := f.read(1024):
+            time.sleep(0.05)  # the model's work on a block
+            got += block
+    elapsed = time.monotonic() - start
+    assert got == data
+    assert elapsed < 16 * 0.1 * 0.8, elapsed  # serial would take 16 x (50 + 50) ms
+
+    class Broken(SlowStream):
+        def readinto(self, buffer) -> int:
+            if self.at:
+                raise ConnectionError("store went away")
+            return super().readinto(buffer)
+
+    with pytest.raises(ConnectionError):
+        with prefetching(Broken(data, 0), block_size=1024) as f:
+            while f.read(1024):
+                pass
+
+
+def test_s3_open_sequential_and_arrow_dataset(s3) -> None:
+    import pyarrow.dataset as ds
+
+    from minilm_cli.storage import arrow_filesystem, open_sequential
+
+    store, root, _ = s3
+    lines = [f"line {i}\n" for i in range(20000)]
+    store.write_atomic(f"{root}/in.txt.gz", gzip.compress("".join(lines).encode()))
+    with open_sequential(f"{root}/in.txt.gz") as raw:
+        assert list(io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")) == lines
+    for i in range(2):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": [f"{i}-{j}" for j in range(5)]}), buf)
+        store.write_atomic(f"{root}/data/shard-{i:05d}.parquet", buf.getvalue())
+    fs, paths = arrow_filesystem(store.glob(f"{root}/data/*.parquet"))
+    table = ds.dataset(paths, filesystem=fs, format="parquet").to_table()
+    assert table.column("id").to_pylist()[:6] == ["0-0", "0-1", "0-2", "0-3", "0-4", "1-0"]

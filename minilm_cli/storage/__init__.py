@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any
+from typing import IO, Any
 
 from .base import FileInfo, Lock, PendingFile, Storage
 from .local import LocalStorage
+from .prefetch import prefetching
 from .remote import FsspecStorage, parse_storage_options, redact, redact_url, scheme_of
 
 _LOCAL = LocalStorage()
@@ -92,10 +93,38 @@ def storage_for(
         return store
 
 
+def open_sequential(location: str | os.PathLike[str]) -> IO[bytes]:
+    """A stream read front to back (text formats): on a store, blocks are fetched ahead in a
+    thread so request latency overlaps the model's work; locally, the plain file."""
+    store = storage_for(location)
+    raw = store.open_read(os.fspath(location))
+    return prefetching(raw) if is_remote(location) else raw
+
+
+def arrow_filesystem(locations: list[str]) -> tuple[Any, list[str]]:
+    """A pyarrow file system and the paths on it, for ``pyarrow.dataset.dataset(paths,
+    filesystem=fs)`` (and so DuckDB/Polars through Arrow) over local paths or one store."""
+    import pyarrow.fs as pafs
+
+    remote = [p for p in locations if is_remote(p)]
+    if not remote:
+        return pafs.LocalFileSystem(), [local_path(p) for p in locations]
+    schemes = {scheme_of(p) for p in locations}
+    if len(schemes) != 1:
+        raise ValueError(f"one store at a time, not {sorted(map(str, schemes))}")
+    store = storage_for(remote[0])
+    assert isinstance(store, FsspecStorage)
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(store.fs))
+    return fs, [store.key(p) for p in locations]
+
+
 __all__ = [
     "FileInfo",
     "FsspecStorage",
     "LocalStorage",
+    "arrow_filesystem",
+    "open_sequential",
+    "prefetching",
     "Lock",
     "PendingFile",
     "Storage",
