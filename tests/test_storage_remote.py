@@ -505,3 +505,25 @@ def test_s3_open_sequential_and_arrow_dataset(s3) -> None:
     fs, paths = arrow_filesystem(store.glob(f"{root}/data/*.parquet"))
     table = ds.dataset(paths, filesystem=fs, format="parquet").to_table()
     assert table.column("id").to_pylist()[:6] == ["0-0", "0-1", "0-2", "0-3", "0-4", "1-0"]
+
+
+def test_s3_writers_stream_parquet_and_npy_into_pending_files(s3) -> None:
+    import numpy as np
+
+    store, root, _ = s3
+    pending = store.create(f"{root}/data/shard-00000.parquet")
+    writer = pq.ParquetWriter(pending.stream, pa.schema([("id", pa.int64())]))
+    for i in range(3):
+        writer.write_table(pa.table({"id": list(range(i * 10, i * 10 + 10))}))
+    writer.close()
+    assert not store.exists(pending.path)
+    pending.commit()
+    with store.open_read(pending.path) as f:
+        assert pq.read_table(f).column("id").to_pylist() == list(range(30))
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pending = store.create(f"{root}/embeddings/shard-00000.npy")
+    np.save(pending.stream, vectors)
+    pending.commit()
+    with store.open_read(pending.path) as f:
+        assert np.array_equal(np.load(f), vectors)
+    assert store.read_range(pending.path, 0, 6) == b"\x93NUMPY"

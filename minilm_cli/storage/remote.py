@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -247,12 +248,23 @@ def translate(exc: BaseException, url: str, options: dict[str, Any] | None = Non
         )
     if code == "NoSuchBucket":
         return InputError(f"bucket not found: {_bucket_url(url)}")
-    if code in ("NoCredentialsError",) or type(exc).__name__ == "NoCredentialsError":
+    if code is None and _chain_has(exc, ("NoCredentialsError", "PartialCredentialsError")):
         return InputError(f"no credentials found for {where}: set them in the environment or a profile")
     if isinstance(exc, FileNotFoundError):
         return exc
     detail = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, options)
     return MinilmError(f"storage error on {where}: {type(exc).__name__}: {detail}")
+
+
+def _chain_has(exc: BaseException, names: tuple[str, ...]) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in names:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _bucket_url(url: str) -> str:
@@ -293,6 +305,41 @@ def filesystem(scheme: str, options: dict[str, Any]) -> Any:
         return fs
 
 
+class UploadStream(io.RawIOBase):
+    """The write side of a multipart upload. Store failures during ``write`` (a part going up)
+    surface as the same one-line errors as everywhere else. Closing uploads the last part but
+    completes nothing: only ``FsspecPendingFile.commit`` makes the object appear."""
+
+    def __init__(self, storage: FsspecStorage, path: str, f: Any) -> None:
+        super().__init__()
+        self.storage, self.path, self.f = storage, path, f
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        with self.storage.errors(self.path):
+            return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def flush(self) -> None:
+        if not self.f.closed:
+            with self.storage.errors(self.path):
+                self.f.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self.f.closed:
+                with self.storage.errors(self.path):
+                    self.f.close()  # the last part goes up; without autocommit nothing appears
+        finally:
+            super().close()
+
+
 class FsspecPendingFile:
     """S3: a multipart upload to the final key, completed on commit, aborted on discard."""
 
@@ -300,31 +347,31 @@ class FsspecPendingFile:
         self.path = path
         self.storage = storage
         with storage.errors(path):
-            self.stream: IO[bytes] = storage.fs.open(
+            self.upload: Any = storage.fs.open(
                 storage.key(path), "wb", autocommit=False, block_size=PART_SIZE
             )
+        self.stream: IO[bytes] = UploadStream(storage, path, self.upload)  # type: ignore[assignment]
         self.done = False
 
     def commit(self) -> None:
         if self.done:
             raise ValueError(f"{self.path}: already committed or discarded")
-        f: Any = self.stream
+        self.stream.close()
         with self.storage.errors(self.path):
-            if not f.closed:
-                f.close()  # uploads the last part; without autocommit nothing appears yet
-            f.commit()  # completes the multipart upload: the whole object appears now
+            self.upload.commit()  # completes the multipart upload: the whole object appears now
         self.done = True
 
     def discard(self) -> None:
         if self.done:
             return
         self.done = True
-        f: Any = self.stream
         try:
-            f.discard()  # aborts the multipart upload: no object, no pending parts
+            self.upload.discard()  # aborts the multipart upload: no object, no pending parts
         except Exception:  # noqa: BLE001 - discarding after a failure must not fail again
             pass
-        f.closed = True  # its buffer is gone: closing again must not try to upload
+        self.upload.closed = True  # its buffer is gone: closing again must not try to upload
+        with contextlib.suppress(Exception):
+            self.stream.close()
 
 
 class SpooledPendingFile:
@@ -540,7 +587,7 @@ class FsspecStorage:
         is_dir = d.get("type") == "directory"
         size = int(d.get("size") or 0) if not is_dir else 0
         mtime_ns = _mtime_ns(d)
-        etag = d.get("ETag") or d.get("etag") or d.get("md5Hash") or d.get("content_md5")
+        etag = d.get("ETag") or d.get("etag") or d.get("generation") or d.get("blob_id") or d.get("md5Hash")
         if etag:
             fingerprint = f"etag:{str(etag).strip(chr(34))}"
         else:
