@@ -96,7 +96,12 @@ def test_redaction() -> None:
 
 
 def test_missing_extra_is_one_line(monkeypatch) -> None:
+    import importlib
+
+    imported = importlib.import_module("fsspec.registry")._registry  # the module, not fsspec.registry
     monkeypatch.setattr(remote, "_FS_CACHE", {})
+    for scheme in ("s3", "hf"):  # forget classes fsspec imported already in this session
+        monkeypatch.delitem(imported, scheme, raising=False)
     monkeypatch.setitem(sys.modules, "s3fs", None)  # import s3fs now fails
     with pytest.raises(InputError) as exc:
         FsspecStorage("s3", {})
