@@ -297,8 +297,11 @@ def test_s3_lock_conditional_put_and_stale_takeover(s3) -> None:
     store, root, _ = s3
     path = f"{root}/.lock"
     body = b'{"run_id": "probe"}'
-    assert store.put_if_absent(path, body) is True
-    assert store.put_if_absent(path, body) is False  # If-None-Match: * honoured by the server
+    created = store.put_if_absent(path, body)
+    assert created == store.info(path).fingerprint  # the PUT's own ETag
+    assert store.put_if_absent(path, body) is None  # If-None-Match: * honoured by the server
+    assert store.put_if_match(path, b"{}", "etag:0000") is None  # If-Match: a stale ETag loses
+    assert store.put_if_match(path, b"{}", created) == store.info(path).fingerprint
     store.remove(path)
 
     first = store.lock(path, ttl=60)

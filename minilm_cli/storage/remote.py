@@ -414,6 +414,7 @@ class LeaseLock:
         self.lost = False
         self.etag: str | None = None
         self._stop = threading.Event()
+        self._beating = threading.Lock()  # one conditional refresh at a time (thread or caller)
         self._thread: threading.Thread | None = None
         self._acquire()
         self._thread = threading.Thread(target=self._beat, name="minilm-lease", daemon=True)
@@ -432,8 +433,9 @@ class LeaseLock:
     def _acquire(self) -> None:
         st = self.storage
         for _ in range(3):
-            if st.put_if_absent(self.path, self._body()):
-                self.etag = st.etag(self.path)
+            created = st.put_if_absent(self.path, self._body())
+            if created:
+                self.etag = created
                 if st.native_conditional or self._still_ours():
                     return
                 break
@@ -444,8 +446,9 @@ class LeaseLock:
                 raise OutputConflict(
                     f"OUTPUT {redact_url(_parent(self.path))} is in use by another run ({describe(lease)})"
                 )
-            if st.put_if_match(self.path, self._body(), etag):
-                self.etag = st.etag(self.path)
+            replaced = st.put_if_match(self.path, self._body(), etag)
+            if replaced:
+                self.etag = replaced
                 if st.native_conditional or self._still_ours():
                     return
                 break
@@ -456,22 +459,23 @@ class LeaseLock:
         return bool(lease) and lease.get("run_id") == self.run_id
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 4):
+        while not self._stop.wait(self.ttl / 4) and not self.lost:
             try:
-                if self.storage.put_if_match(self.path, self._body(), self.etag):
-                    self.etag = self.storage.etag(self.path)
-                else:
-                    self.lost = True  # taken over after we stalled past the ttl
-                    return
+                self.refresh()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the ttl allows several
                 continue
 
     def refresh(self) -> None:
-        """Beat now (tests; a writer about to do something long)."""
-        if not self.storage.put_if_match(self.path, self._body(), self.etag):
-            self.lost = True
-        else:
-            self.etag = self.storage.etag(self.path)
+        """Beat now (the thread does every ttl / 4; a caller may before something long).
+        Sets ``lost`` when another run has taken the lease over."""
+        with self._beating:
+            if self.lost or self._stop.is_set():
+                return
+            fingerprint = self.storage.put_if_match(self.path, self._body(), self.etag)
+            if fingerprint:
+                self.etag = fingerprint
+            else:
+                self.lost = True  # taken over after we stalled past the ttl
 
     def release(self, remove: bool = True) -> None:
         """Stop the heartbeat and delete the lease if it is still ours. A lease left behind
@@ -721,52 +725,53 @@ class FsspecStorage:
             lease = {}
         return lease, fingerprint
 
-    def put_if_absent(self, path: str, data: bytes) -> bool:
-        """Create ``path`` only if nothing is there; False when something is (or when another
-        writer's conditional create raced ours: S3's 409 ConditionalRequestConflict)."""
+    def put_if_absent(self, path: str, data: bytes) -> str | None:
+        """Create ``path`` only if nothing is there and return its fingerprint; None when
+        something is (or another writer's conditional create raced ours: S3's 409)."""
         self._writable(path)
         if self.scheme == "memory":
             with _MEMORY_MUTEX:
                 if self.fs.exists(self.key(path)):
-                    return False
+                    return None
                 self.fs.pipe_file(self.key(path), data)
-                return True
+                return self.etag(path)
         try:
-            self.fs.pipe_file(self.key(path), data, mode="create")
-            return True
+            out = self.fs.pipe_file(self.key(path), data, mode="create")
+            return _etag_of(out) or self.etag(path)
         except FileExistsError:
-            return False
+            return None
         except (TypeError, NotImplementedError):
             pass  # this store's fsspec has no exclusive create: check, then write
         except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
             if _error_code(exc) in _LOST_RACE:
-                return False
+                return None
             raise translate(exc, path, self.options) from None
         if self.exists(path):
-            return False
+            return None
         self.write_atomic(path, data)
-        return True
+        return self.etag(path)
 
-    def put_if_match(self, path: str, data: bytes, fingerprint: str | None) -> bool:
-        """Replace ``path`` only if it is still the version ``fingerprint``; False otherwise."""
+    def put_if_match(self, path: str, data: bytes, fingerprint: str | None) -> str | None:
+        """Replace ``path`` only if it is still the version ``fingerprint``; the new
+        fingerprint, or None when another version is there (or none is)."""
         if self.is_s3 and fingerprint and fingerprint.startswith("etag:"):
             try:
-                self.fs.pipe_file(self.key(path), data, IfMatch=f'"{fingerprint[5:]}"')
-                return True
+                out = self.fs.pipe_file(self.key(path), data, IfMatch=f'"{fingerprint[5:]}"')
+                return _etag_of(out) or self.etag(path)
             except FileNotFoundError as exc:
                 if _error_code(exc) == "NoSuchBucket":
                     raise translate(exc, path, self.options) from None
-                return False  # the lease is gone: it is not ours to refresh
+                return None  # the lease is gone: it is not ours to refresh
             except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
                 if _error_code(exc) in _LOST_RACE:
-                    return False  # 412: someone else's version is there now
+                    return None  # 412: someone else's version is there now
                 raise translate(exc, path, self.options) from None
         guard = _MEMORY_MUTEX if self.scheme == "memory" else contextlib.nullcontext()
         with guard:
             if self.etag(path) != fingerprint:
-                return False
+                return None
             self.write_atomic(path, data)
-            return True
+            return self.etag(path)
 
     # -- the lock
 
@@ -781,6 +786,12 @@ class FsspecStorage:
         if lease is None or lease_is_stale(lease):
             return None
         return f"{lease.get('pid', '?')} on {lease.get('host', '?')}"
+
+
+def _etag_of(response: Any) -> str | None:
+    """The fingerprint of what a PUT just wrote, from its response (S3: the ETag header)."""
+    etag = response.get("ETag") if isinstance(response, dict) else None
+    return f"etag:{str(etag).strip(chr(34))}" if etag else None
 
 
 def _mtime_ns(d: dict[str, Any]) -> int | None:
