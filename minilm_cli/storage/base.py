@@ -13,6 +13,9 @@ class FileInfo:
     size: int
     mtime_ns: int | None
     is_dir: bool = False
+    #: What changes whenever the content does: ``etag:...`` on stores that have ETags,
+    #: ``size-mtime:...`` elsewhere; None for directories and local files (compare mtime_ns).
+    fingerprint: str | None = None
 
 
 class PendingFile(Protocol):
