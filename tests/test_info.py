@@ -18,14 +18,6 @@ def invoke(args: list, env: dict | None = None):
     return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 @pytest.fixture(scope="module")
 def info_json() -> dict:
     result = invoke(["info", "--json", "--device", "cpu"])
@@ -42,13 +34,40 @@ def test_info_json_describes_the_packaged_model(info_json: dict, real_model_dir:
     assert info_json["normalize"] is True
     assert info_json["device"] == "cpu"
     assert info_json["precision"] in ("bf16", "fp32")
-    assert info_json["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     model = info_json["model"]
     assert model["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert model["source"] == "packaged"
     assert Path(model["path"]).resolve() == Path(real_model_dir).resolve()
     weights = Path(real_model_dir) / model["weights_file"]
     assert model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "cpuinfo,native",
+    [
+        ("flags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\n", True),
+        ("flags\t\t: fpu sse avx2 amx_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),
+        (None, False),  # no /proc/cpuinfo (macOS, a sandbox)
+    ],
+)
+def test_auto_precision_on_a_cpu_follows_its_bf16_flags(monkeypatch, cpuinfo, native) -> None:
+    import minilm_cli.model as model
+
+    class FakeProc:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def read_text(self) -> str:
+            if cpuinfo is None:
+                raise OSError("no such file")
+            return cpuinfo
+
+    import torch
+
+    monkeypatch.setattr(model, "Path", FakeProc)
+    assert model.cpu_has_native_bf16() is native
+    assert model.choose_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
 
 
 @pytest.mark.real_model

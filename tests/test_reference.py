@@ -53,7 +53,7 @@ def embedder_fp32():
     return Embedder(model=None, device="cpu", precision="fp32")
 
 
-def hf_loop(model_dir: str, texts: list[str], normalize: bool = True) -> np.ndarray:
+def hf_loop(model_dir: str, texts: list[str], normalize: bool = True, pooling: str = "mean") -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -67,7 +67,12 @@ def hf_loop(model_dir: str, texts: list[str], normalize: bool = True) -> np.ndar
             enc = tok(batch, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if pooling == "cls":  # sentence-transformers' pooling_mode_cls_token
+                pooled = hidden[:, 0]
+            elif pooling == "max":  # pooling_mode_max_tokens: padding can never be the max
+                pooled = torch.where(mask.bool(), hidden, torch.full_like(hidden, float("-inf"))).amax(1)
+            else:
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out.append(pooled)
@@ -122,6 +127,19 @@ def test_no_normalize_equals_plain_transformers(real_model_dir: str, texts: list
     ours = embedder.embed(sample)
     assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0)  # really not normalised
     assert np.abs(ours - reference).max() <= TOL * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_other_poolings_equal_plain_transformers(real_model_dir: str, texts: list[str], pooling: str) -> None:
+    from minilm_cli.model import Embedder
+
+    embedder = Embedder(model=None, device="cpu", precision="fp32", pooling=pooling)
+    sample = texts[::3]
+    ours = embedder.embed(sample)
+    reference = hf_loop(real_model_dir, sample, pooling=pooling)
+    mean = hf_loop(real_model_dir, sample)
+    assert np.abs(ours - reference).max() <= TOL
+    assert np.abs(ours - mean).max() > 100 * TOL  # really another pooling than mean
 
 
 def test_cli_end_to_end_matches_sentence_transformers(
