@@ -124,7 +124,7 @@ def test_rejects_on_stdout_runs_reach_stderr_even_when_quiet(tmp_path, tiny_mode
     assert len(result.stdout.splitlines()) == 2
     import json
 
-    rejected = [json.loads(line)["rejected"] for line in result.stderr.splitlines()]
+    rejected = [json.loads(line) for line in result.stderr.splitlines()]  # as in rejects/*.jsonl
     assert [r["line"] for r in rejected] == [2, 3]
     assert [r["reason"] for r in rejected] == ["empty text", "null text"]
 

@@ -20,7 +20,7 @@ from ..config import EmbedConfig
 from ..errors import InputError
 from ..model import Embedder
 from ..sharding import count_records, plan_splits
-from ..sources import Columns, InputFile, Split, resolve_inputs, resolve_schema
+from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
 from .engine import Engine, LocalEngine
 from .result import JobResult
 from .settings import build_embedder, check_config
@@ -60,9 +60,25 @@ def plan_run(cfg: EmbedConfig, log: Callable[[str], None] | None = None) -> Plan
     files = resolve_inputs(cfg.inputs, cfg.input_format, exclude=exclude, log=log)
     columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
     schema = resolve_schema(files, columns, cfg.column_types or None)
+    check_inputs(files, columns, schema, cfg.encoding_errors)
     plan = plan_splits(files, cfg.num_shards)
     earlier = [s for rank in plan[: cfg.shard_index] for s in rank]
     return Plan(files, plan[cfg.shard_index], earlier, schema)
+
+
+def check_inputs(files: list[InputFile], columns: Columns, schema: pa.Schema, encoding_errors: str) -> None:
+    """Open every input and read its first block: a missing column or an unreadable file is
+    found now, before --overwrite or --resume changes anything in OUTPUT."""
+    for f in files:
+        if f.is_stdin:
+            continue  # read once, when the run reads it
+        blocks = read_file(f, columns, 1, encoding_errors, None, schema=schema)
+        try:
+            next(iter(blocks), None)
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
 
 
 def run_job(

@@ -20,7 +20,7 @@ def write_stdout(run: Run) -> JobResult:
     def write(chunk: Chunk, embeddings: np.ndarray) -> None:
         for reject in chunk.rejects:
             # A dropped row is data, not chatter: it is never silenced.
-            print(json.dumps({"rejected": reject.to_json()}, ensure_ascii=False), file=sys.stderr)
+            print(json.dumps(reject.to_json(), ensure_ascii=False), file=sys.stderr)
         writer.write(chunk, embeddings)
         run.result.add_chunk(chunk)
 

@@ -96,8 +96,6 @@ def _inside(path: str, folder: str) -> bool:
 def _expand(pattern: str, input_format: str | None, fence: _Fence, log: Log) -> list[str]:
     if pattern == "-":
         return ["-"]
-    if "\n" in pattern or "\r" in pattern:
-        raise InputError(f"input path {pattern!r} holds a line break")
     store = storage_for(pattern)
     if store.is_dir(pattern):
         return _walk(pattern, input_format, fence, log)
@@ -142,7 +140,9 @@ def _filter(
         if reason is None and not (input_format or split_extension(name)[0]):
             reason = "not a supported input format (by its extension)"
         if reason is None:
-            reason = storage_for(path).file_problem(path)
+            problem = storage_for(path).file_problem(path)
+            if problem is not None:  # a broken link or an unreadable file is not ours to skip silently
+                raise InputError(f"input {path}: {problem}")
         if reason is not None:
             log(f"skipped {path}: {reason}")
             continue
