@@ -104,6 +104,7 @@ def test_part_prepares_while_another_has_a_shard_in_flight(tmp_path, tiny_embedd
     assert ids_of(out) == list(range(400))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(2))
 def test_four_processes_into_one_output(tmp_path, tiny_model_dir, corpus, attempt):
     """N = 4 real processes started together (staggered by a few ms), part 1 held at its
@@ -133,6 +134,7 @@ def test_four_processes_into_one_output(tmp_path, tiny_model_dir, corpus, attemp
     assert not list(out.glob(".*.lock"))
 
 
+@pytest.mark.slow
 def test_manifest_bytes_grow_linearly_with_shards(tmp_path, tiny_model_dir, monkeypatch):
     """5,000 one-row shards: every manifest byte written (header, markers, compaction)
     stays under a constant per shard; a manifest rewritten per shard would write ~GBs."""
