@@ -457,7 +457,8 @@ def verify(output: str) -> None:
 @handle_errors
 def merge_manifests_command(output: str) -> None:
     """Check that the manifest parts of a sharded run (manifest-I-of-N.json) cover the whole
-    input once and are complete, then write one OUTPUT/manifest.json. Exit 4 when not."""
+    input once, share their settings, are complete and have every listed file, then write one
+    OUTPUT/manifest.json. Exit 4 when not."""
     from .output import merge_manifests
 
     path, problems = merge_manifests(output)

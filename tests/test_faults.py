@@ -19,6 +19,7 @@ import pytest
 from helpers import REPO, cli, embeddings, manifest, model_args, output_files, write_corpus
 
 import minilm_cli.pipeline.stages
+from minilm_cli.errors import MinilmError
 from minilm_cli.storage.local import LocalPendingFile, LocalStorage
 
 ROWS = 3000
@@ -174,7 +175,7 @@ def test_output_becomes_read_only_mid_run(tmp_path, tiny_model_dir, corpus, refe
             try:
                 if len(manifest(out)["shards"]) >= 2:
                     break
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, MinilmError):
                 pass
             assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
             assert time.monotonic() < deadline

@@ -104,6 +104,7 @@ def test_part_prepares_while_another_has_a_shard_in_flight(tmp_path, tiny_embedd
     assert ids_of(out) == list(range(400))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(2))
 def test_four_processes_into_one_output(tmp_path, tiny_model_dir, corpus, attempt):
     """N = 4 real processes started together (staggered by a few ms), part 1 held at its
@@ -133,6 +134,7 @@ def test_four_processes_into_one_output(tmp_path, tiny_model_dir, corpus, attemp
     assert not list(out.glob(".*.lock"))
 
 
+@pytest.mark.slow
 def test_manifest_bytes_grow_linearly_with_shards(tmp_path, tiny_model_dir, monkeypatch):
     """5,000 one-row shards: every manifest byte written (header, markers, compaction)
     stays under a constant per shard; a manifest rewritten per shard would write ~GBs."""
@@ -320,3 +322,26 @@ def test_live_run_reads_header_plus_markers(tmp_path, tiny_embedder, corpus):
     finally:
         OutputSession.on_shard_in_flight = None
     assert seen == [("running", 0, 2), 100]
+
+
+def test_vanished_temp_file_is_an_error_not_an_empty_shard(tmp_path, tiny_model_dir, corpus):
+    """Someone removes the shard being written: the run fails (exit 1), and no shard is
+    recorded without its files."""
+    out = tmp_path / "out"
+
+    def remove_it(session: OutputSession) -> None:
+        for temp in out.glob(".part-00001.parquet.tmp"):
+            temp.unlink()
+
+    OutputSession.on_shard_in_flight = remove_it
+    try:
+        result = embed(corpus, out, tiny_model_dir)
+    finally:
+        OutputSession.on_shard_in_flight = None
+    one_line_error(result, 1, "part-00001.parquet.tmp", "--resume")
+    doc = manifest(out)
+    assert doc["status"] == "failed"
+    assert [(s["index"], sorted(s["files"])) for s in doc["shards"]] == [(0, ["data"])]
+    resumed = embed(corpus, out, tiny_model_dir, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert ids_of(out) == list(range(400))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, WORDS, cli, manifest, model_args, sha256
+from helpers import REPO, WORDS, cli, listed_shards, manifest, model_args, sha256
 
 from minilm_cli.errors import Interrupted
 from minilm_cli.output import ShardWriter
@@ -82,16 +82,8 @@ def wait_until(predicate, proc: subprocess.Popen, what: str, timeout: float = 12
     pytest.fail(f"timed out waiting for {what}")
 
 
-def listed_shards(out: Path) -> int:
-    """Shards the manifest lists now (-1: no readable manifest yet)."""
-    try:
-        return len(json.loads((out / "manifest.json").read_text(encoding="utf-8"))["shards"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return -1
-
-
 def temp_parts(out: Path) -> list[Path]:
-    return sorted(out.rglob(".part-*.tmp"))
+    return sorted(p for p in out.rglob(".part-*.tmp") if ".minilm-shards" not in p.parts)
 
 
 def kill9(proc: subprocess.Popen) -> None:

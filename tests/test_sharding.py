@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -168,8 +169,23 @@ def test_shard_index_killed_and_resumed_alone(tiny_model_dir, tmp_path):
     assert np.array_equal(vectors, clean_vectors)
 
 
-def test_cpu_workers_stand_in_for_devices(corpus, tiny_model_dir, single_run, tmp_path):
-    out = tmp_path / "out"
+def test_cpu_workers_stand_in_for_devices(corpus, tiny_model_dir, single_run, tmp_path, monkeypatch):
+    """Deterministic, whatever the load: worker 1 is held before its output preparation
+    until worker 0 has a shard in flight (the interleaving that used to lose worker 0's
+    shard), through the MINILM_TEST_HOOK points the spawned workers inherit."""
+    out, hooks = tmp_path / "out", tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "part-00001-.prepare.hold").touch()
+    monkeypatch.setenv("MINILM_TEST_HOOK", str(hooks))
+
+    def release_worker_one() -> None:
+        deadline = time.monotonic() + 300
+        while not (hooks / "part-00000-.in-flight.reached").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        (hooks / "part-00001-.prepare.go").touch()
+
+    releaser = threading.Thread(target=release_worker_one, daemon=True)
+    releaser.start()
     result = CliRunner().invoke(
         main,
         [
@@ -189,7 +205,9 @@ def test_cpu_workers_stand_in_for_devices(corpus, tiny_model_dir, single_run, tm
             "40",
         ],
     )
+    releaser.join(timeout=5)
     assert result.exit_code == 0, result.output
+    assert (hooks / "part-00001-.prepare.reached").exists()
     assert (out / "manifest.json").exists()
     assert sorted(p.name for p in out.glob("manifest-*")) == [
         "manifest-00000-of-00002.json",

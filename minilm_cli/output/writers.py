@@ -100,7 +100,11 @@ class ShardWriter:
             self._open.append(chunk, embeddings)
             if chunk.shard_end:
                 shard, self._open = self._open, None
-                record = shard.commit(self.index, chunk.record_end)
+                try:
+                    record = shard.commit(self.index, chunk.record_end)
+                except BaseException:
+                    shard.discard()  # nothing half-written stays behind
+                    raise
                 self.index += 1
                 return record
         return None

@@ -72,7 +72,10 @@ class LocalLock:
         if self.fd is None:
             return
         if remove:
-            _remove(self.path)  # while still held: no other run can be holding it
+            try:
+                _remove(self.path)  # while still held: no other run can be holding it
+            except OSError:
+                pass  # OUTPUT read-only now: a stale lock file is harmless, the flock goes anyway
         os.close(self.fd)  # closing drops the flock
         self.fd = None
 
