@@ -371,14 +371,19 @@ def main() -> None:
     default=None,
     help="Ray engine: GPUs per actor (e.g. 0.5 packs two per GPU).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar and no summary line (rejected rows of -o - still go to stderr).",
+)
 @handle_errors
 def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
     """Embed the text of INPUT... (files, globs, directories, or - for stdin) into OUTPUT.
 
     Writes OUTPUT/part-00000.parquet, ... (or embeddings/*.npy and metadata/*.parquet with
     --format npy) and OUTPUT/manifest.json. Exit codes: 0 done, 1 runtime failure,
-    2 bad input or flags, 3 OUTPUT conflict, 130/143 interrupted.
+    2 bad input or flags, 3 OUTPUT conflict, 130/143 interrupted, 141 stdout closed (-o - | head).
     """
     from .pipeline import run_job
     from .sharding import shard_from_env
