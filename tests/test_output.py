@@ -272,6 +272,7 @@ def test_output_under_a_file_is_one_line(tmp_path, tiny_model_dir, corpus):
 
 
 def test_no_lock_file_left_in_a_finished_output(finished):
+    assert manifest(finished)["format_version"] == 2
     assert not (finished / ".manifest.json.lock").exists()
     assert not (finished / ".minilm-shards").exists()
 
