@@ -148,3 +148,15 @@ def test_config_mistakes_are_one_clear_error(tmp_path, changes, message) -> None
     cfg = EmbedConfig(**{"inputs": [str(tmp_path / "a.txt")], "output": str(tmp_path / "out"), **changes})
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         check_config(cfg)
+
+
+def test_repeated_user_ids_are_a_warning_and_a_count_in_embed_and_verify(tmp_path, tiny_model_dir) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("module,text\nm1,alpha\nm2,beta\nm1,gamma\nm3,delta\nm1,epsilon\n")
+    out = tmp_path / "out"
+    result = cli(["embed", str(src), "-o", str(out), "--id-column", "module", *model_args(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 rows repeat an id of column 'module'" in result.stderr
+    assert manifest(out)["totals"]["duplicate_ids"] == 2
+    check = cli(["verify", str(out)])
+    assert check.exit_code == 0, check.output  # the same finding, a warning in both

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..batching import Chunk
-from ..output import OutputSession
+from ..output import OutputSession, count_duplicate_ids
 from ..output.generations import current
 from ..sources import schema_to_json
 from .result import JobResult
@@ -83,9 +83,23 @@ def _run_to_end(run: Run, session: OutputSession, first_row: int, first_record: 
         finished.add_shards(current(session.shards))  # the discarded shard's rows are not in the output
         session.fail(exc, finished.totals())
         raise
+    totals = run.result.totals()
+    if run.cfg.id_column:
+        totals["duplicate_ids"] = _repeated_ids(run)
     result = run.finish()
-    session.finish(result.totals(), run.record_end, run.stages.input_records)  # type: ignore[union-attr]
+    session.finish(totals, run.record_end, run.stages.input_records)  # type: ignore[union-attr]
     return result
+
+
+def _repeated_ids(run: Run) -> int:
+    """Your --id-column repeating itself is worth a warning (and a count in the manifest), not a
+    failure: the rows are all there. Counted in bounded memory over every finished shard."""
+    repeats = count_duplicate_ids(run.cfg.output)
+    if repeats:
+        run.log(
+            f"warning: {repeats} rows repeat an id of column '{run.cfg.id_column}' (counted in the manifest)"
+        )
+    return repeats
 
 
 def _start_append(run: Run, session: OutputSession) -> JobResult | None:
