@@ -7,7 +7,6 @@ its shape of work does: 2 layers, hidden 32, the real uncased tokenizer of the p
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -20,12 +19,14 @@ def write_tiny_bert(folder: str | Path, seed: int = 0, max_seq_length: int = 64)
     from transformers.utils import logging as hf_logging
 
     from .model import resolve_model
+    from .storage import storage_for
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    storage = storage_for(str(folder))
+    storage.make_dirs(str(folder))
     packaged = Path(resolve_model(None).path)
     for name in TOKENIZER_FILES:
-        shutil.copy(packaged / name, folder / name)
+        storage.write_atomic(str(folder / name), storage.read_bytes(str(packaged / name)))
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=30522,
@@ -42,9 +43,10 @@ def write_tiny_bert(folder: str | Path, seed: int = 0, max_seq_length: int = 64)
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
+    storage.write_atomic(str(folder / "modules.json"), json.dumps(modules).encode())
+    storage.make_dirs(str(folder / "1_Pooling"))
     pooling = {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    storage.write_atomic(str(folder / "1_Pooling" / "config.json"), json.dumps(pooling).encode())
+    config = json.dumps({"max_seq_length": max_seq_length}).encode()
+    storage.write_atomic(str(folder / "sentence_bert_config.json"), config)
     return folder
