@@ -1,17 +1,30 @@
-"""Throughput of minilm-cli against sentence-transformers, in one process, on real text.
+"""Throughput of minilm-cli against its rivals and against this machine's matmul limit, in one process.
 
-    python bench/throughput.py [--rows 4000] [--rounds 3] [--device cpu]
+    python bench/throughput.py [--rows 2000] [--long-rows 300] [--rounds 3] [--device cpu]
+    python bench/throughput.py --quick      # tiny sizes and a short probe: a smoke run
 
-Table 1 (engine): the same texts through
-  - sentence-transformers `encode` at its defaults (fp32, batch 32): the reference,
-  - sentence-transformers `encode` with the model in bf16 (the fairest rival on a bf16 CPU),
-  - our Embedder at its defaults,
-alternating, after a warm-up; the median of --rounds. Min cosine is against the fp32
-sentence-transformers embeddings.
+First the matmul peak of this machine for the model's Linear shapes (bench/bound.py: fp32,
+bf16, and int8 through fbgemm; whether the CPU has native bf16 / VNNI is printed), then two
+corpora of real English, each through the same engines:
+  - mixed: bench/data/mixed.jsonl.gz (WordNet glosses and fortunes, mean ~23 tokens, tail to 256),
+  - long: paragraphs of 100-256 tokens built from the same file (consecutive rows joined with a
+    space until a target length drawn uniformly from 100..256 is reached; each row used once).
 
-Table 2 (end to end, file to file): read a JSONL file, embed, write Parquet:
-  - sentence-transformers: pyarrow read + encode + pyarrow write (what a user would script),
-  - `minilm embed` in-process (run_job, model loaded once beforehand, as in a long job).
+Engines, alternating within each round after a short warm-up, median of --rounds:
+  - sentence-transformers `encode`, fp32, batch 32: the reference for ratio and cosine,
+  - sentence-transformers with the model cast to bf16,
+  - ONNX Runtime fp32 and int8 (the packaged weights exported with torch.onnx.export, offline;
+    int8 = onnxruntime.quantization.quantize_dynamic, per-channel QInt8), fed our own
+    length-sorted padded batches, so they do the same padded work as we do; skipped with a
+    note when onnxruntime is not installed (pip install '.[bench]'),
+  - minilm-cli `Embedder` at its defaults, and at each other CPU precision it offers.
+The matmul peak is measured again in every round, beside the engines, and each engine's
+padded tokens/s is divided by the bound of its own precision from the same round: a figure
+that travels between machines, where rows/s do not. Min and mean cosine are against the
+sentence-transformers fp32 embeddings.
+
+End to end (file to file, mixed corpus): JSONL -> Parquet, sentence-transformers scripted with
+pyarrow against `minilm embed` in-process (run_job, model loaded once beforehand).
 """
 
 from __future__ import annotations
@@ -28,14 +41,47 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 CORPUS = HERE / "data" / "mixed.jsonl.gz"
+REFERENCE = "sentence-transformers fp32 (batch 32)"
+
+from bound import bf16_hardware, flops_per_token, int8_hardware, matmul_peaks, tokens_bound  # noqa: E402
+
+
+def corpus_rows() -> list[str]:
+    return [json.loads(line)["text"] for line in gzip.open(CORPUS, "rt", encoding="utf-8")]
 
 
 def load_texts(rows: int) -> list[str]:
-    texts = [json.loads(line)["text"] for line in gzip.open(CORPUS, "rt", encoding="utf-8")]
+    texts = corpus_rows()
     while len(texts) < rows:
         texts += texts
     return texts[:rows]
+
+
+def long_texts(rows: int, tokenizer, low: int = 100, high: int = 256, seed: int = 0) -> list[str]:
+    """Paragraphs of low..high tokens: consecutive corpus rows joined until a drawn target length."""
+    rng = np.random.default_rng(seed)
+    source = corpus_rows()
+    counts = [len(e.ids) - 2 for e in tokenizer.encode_batch(source)]  # without [CLS] [SEP]
+    out: list[str] = []
+    parts: list[str] = []
+    length, target = 0, int(rng.integers(low, high + 1))
+    for text, n in zip(source, counts):
+        if n + 2 > high:  # a row that alone would be truncated: not a paragraph of this corpus
+            continue
+        if length + n + 2 > high:  # would overflow: start again from this row
+            parts, length = [], 0
+        parts.append(text)
+        length += n
+        if length + 2 >= target:
+            out.append(" ".join(parts))
+            parts, length, target = [], 0, int(rng.integers(low, high + 1))
+            if len(out) == rows:
+                break
+    while len(out) < rows:  # more rows asked than the corpus holds: repeat
+        out += out[: rows - len(out)]
+    return out
 
 
 def st_padding_efficiency(texts: list[str], lengths: np.ndarray, batch: int = 32) -> float:
@@ -57,58 +103,186 @@ def timed(fn, rounds: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def engine_table(texts: list[str], device: str, rounds: int, compile: bool = False) -> list[dict]:
+# ---------------------------------------------------------------------------- ONNX Runtime
+
+
+def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, object] | str:
+    """{"fp32": session, "int8": session} from the packaged weights, or a note why not."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return "onnxruntime not installed (pip install '.[bench]'): ONNX Runtime rows skipped"
+    import torch
+    from transformers import AutoModel
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    fp32_path, int8_path = workdir / "model.onnx", workdir / "model-int8.onnx"
+    model = Hidden(AutoModel.from_pretrained(model_path, attn_implementation="eager").eval())
+    ids = torch.ones(2, 16, dtype=torch.int64)
+    axes = {0: "batch", 1: "length"}
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(
+                model,
+                (ids, ids),
+                str(fp32_path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["hidden"],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+                opset_version=17,
+                dynamo=False,
+            )
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001 - exporter or quantizer missing/failing: say so, go on
+        return f"ONNX export/quantization failed ({type(exc).__name__}: {str(exc)[:160]}): rows skipped"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    return {
+        "fp32": ort.InferenceSession(str(fp32_path), options, providers=providers),
+        "int8": ort.InferenceSession(str(int8_path), options, providers=providers),
+    }
+
+
+def onnx_embed(session, chunk, dim: int) -> np.ndarray:
+    """Run our padded batches through a session; mean-pool and normalise as the model does."""
+    out = np.empty((len(chunk.ids), dim), dtype=np.float32)
+    for batch in chunk.batches:
+        hidden = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+        mask = batch.attention_mask[:, :, None].astype(np.float32)
+        pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+        out[batch.rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def engine_table(
+    corpora: dict[str, list[str]], device: str, rounds: int, compile: bool, quick: bool
+) -> tuple[dict[str, list[dict]], dict]:
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers import AutoConfig
 
     from minilm_cli.model import Embedder, resolve_model
 
     path = resolve_model(None).path
+    config = AutoConfig.from_pretrained(path)
     st = SentenceTransformer(path, device=device)
     st_bf16 = SentenceTransformer(path, device=device, model_kwargs={"torch_dtype": torch.bfloat16})
     ours = Embedder(device=device)
-    tok = ours.tokenize(texts)
-    tokens = tok.real_tokens
-    engines = {
-        "sentence-transformers fp32 (batch 32)": lambda: st.encode(
-            texts, batch_size=32, normalize_embeddings=True
-        ),
-        "sentence-transformers bf16 (batch 32)": lambda: np.asarray(
-            st_bf16.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True)
-            .float()
-            .cpu()
-        ),
-        f"minilm-cli defaults ({ours.precision})": lambda: ours.embed(texts),
-    }
+    # name -> (embedder, precision of its matmuls for the bound)
+    variants = {f"minilm-cli defaults ({ours.precision})": (ours, ours.precision)}
+    if device == "cpu":
+        from minilm_cli.model import PRECISIONS
+
+        for precision in PRECISIONS:
+            if precision not in ("auto", "fp16", ours.precision):
+                variants[f"minilm-cli --precision {precision}"] = (
+                    Embedder(device=device, precision=precision),
+                    precision,
+                )
     if compile:  # the warm-up below pays the compilation, as a long job would once
         compiled = Embedder(device=device, compile=True)
-        engines[f"minilm-cli --compile ({compiled.precision})"] = lambda: compiled.embed(texts)
-    for fn in engines.values():  # warm-up: every kernel and shape once
-        fn()
-    results = {name: [] for name in engines}
-    outputs = {}
-    for _ in range(rounds):  # alternate, so drift in machine speed hits all alike
-        for name, fn in engines.items():
-            seconds, outputs[name] = timed(fn, 1)
-            results[name].append(seconds)
-    reference = outputs["sentence-transformers fp32 (batch 32)"]
-    st_eff = st_padding_efficiency(texts, tok.lengths)
-    rows = []
-    for name, times in results.items():
-        seconds = statistics.median(times)
-        cosine = (np.asarray(outputs[name], dtype=np.float32) * reference).sum(axis=1)
-        eff = tok.real_tokens / tok.padded_tokens if name.startswith("minilm") else st_eff
-        rows.append(
-            {
-                "engine": name,
-                "seconds": seconds,
-                "rows_per_s": len(texts) / seconds,
-                "tokens_per_s": tokens / seconds,
-                "padding_eff": eff,
-                "min_cosine": float(cosine.min()),
+        variants[f"minilm-cli --compile ({compiled.precision})"] = (compiled, compiled.precision)
+    onnx = onnx_engines(Path(tempfile.mkdtemp(prefix="minilm-onnx-")), path, torch.get_num_threads())
+    if isinstance(onnx, str):
+        print(f"note: {onnx}")
+        onnx = {}
+
+    probe_rows, probe_seconds = (256, 0.05) if quick else (ours.batch_tokens, 0.3)
+    peak_rounds: list[dict] = []
+    results: dict[str, list[dict]] = {}
+    for corpus, texts in corpora.items():
+        chunk = ours.tokenize(texts)
+        engines = {
+            REFERENCE: (lambda t=texts: st.encode(t, batch_size=32, normalize_embeddings=True), "fp32"),
+            "sentence-transformers bf16 (batch 32)": (
+                lambda t=texts: np.asarray(
+                    st_bf16.encode(t, batch_size=32, normalize_embeddings=True, convert_to_tensor=True)
+                    .float()
+                    .cpu()
+                ),
+                "bf16",
+            ),
+        }
+        for name, session in onnx.items():
+            engines[f"ONNX Runtime {name} (our batches)"] = (
+                lambda s=session, c=chunk: onnx_embed(s, c, ours.dim),
+                name,
+            )
+        for name, (embedder, precision) in variants.items():
+            engines[name] = (lambda e=embedder, t=texts: e.run(e.tokenize(t)), precision)
+        st_eff = st_padding_efficiency(texts, chunk.lengths)
+        # padded tokens each engine computes: ours and ONNX Runtime run our batches;
+        # sentence-transformers pads its own batches of 32 (estimated from our token counts)
+        padded = {
+            name: chunk.real_tokens / st_eff if name.startswith("sentence") else chunk.padded_tokens
+            for name in engines
+        }
+        warm = ours.tokenize(texts[:: max(1, len(texts) // 48)])  # every length class, briefly
+        for embedder, _ in variants.values():
+            embedder.run(warm)
+        for session in onnx.values():
+            onnx_embed(session, warm, ours.dim)
+        st.encode(texts[:32]), st_bf16.encode(texts[:32])
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        fractions: dict[str, list[float]] = {name: [] for name in engines}
+        outputs: dict[str, object] = {}
+        for _ in range(rounds):  # alternate, so drift in machine speed hits all alike
+            peaks = matmul_peaks(config, probe_rows, probe_seconds)
+            peak_rounds.append(peaks)
+            for name, (fn, precision) in engines.items():
+                seconds, outputs[name] = timed(fn, 1)
+                times[name].append(seconds)
+                shapes = peaks.get("int8" if precision.startswith("int8") else precision)
+                if shapes:
+                    fractions[name].append(padded[name] / seconds / tokens_bound(config, shapes))
+        reference = np.asarray(outputs[REFERENCE], dtype=np.float32)
+        rows = []
+        for name, seconds_list in times.items():
+            seconds = statistics.median(seconds_list)
+            out = np.asarray(outputs[name], dtype=np.float32)
+            cosine = (out * reference).sum(1) / (
+                np.linalg.norm(out, axis=1) * np.linalg.norm(reference, axis=1)
+            )
+            eff = chunk.real_tokens / padded[name]
+            rows.append(
+                {
+                    "engine": name,
+                    "seconds": seconds,
+                    "rows_per_s": len(texts) / seconds,
+                    "tokens_per_s": chunk.real_tokens / seconds,
+                    "padding_eff": eff,
+                    "of_bound": statistics.median(fractions[name]) if fractions[name] else float("nan"),
+                    "min_cosine": float(cosine.min()),
+                    "mean_cosine": float(cosine.mean()),
+                }
+            )
+        results[corpus] = rows
+    summary = {
+        "config": config,
+        "peaks": {
+            precision: {
+                shape: statistics.median(p[precision][shape] for p in peak_rounds if precision in p)
+                for shape in peak_rounds[0][precision]
             }
-        )
-    return rows
+            for precision in peak_rounds[0]
+        },
+        "corpora": {c: ours.tokenize(t) for c, t in corpora.items()},
+    }
+    return results, summary
 
 
 def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
@@ -155,40 +329,76 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
 
 def print_table(title: str, rows: list[dict], base: float) -> None:
     print(f"\n{title}")
-    cols = [c for c in ("rows_per_s", "tokens_per_s", "padding_eff", "min_cosine") if c in rows[0]]
-    print(f"{'engine':42s} {'seconds':>8s} " + " ".join(f"{c:>13s}" for c in cols) + f" {'ratio':>7s}")
+    cols = [
+        c
+        for c in ("rows_per_s", "tokens_per_s", "padding_eff", "of_bound", "min_cosine", "mean_cosine")
+        if c in rows[0]
+    ]
+    print(f"{'engine':42s} {'seconds':>8s} " + " ".join(f"{c:>12s}" for c in cols) + f" {'ratio':>7s}")
     for r in rows:
-        vals = " ".join(f"{r[c]:13.1f}" if c.endswith("_s") else f"{r[c]:13.5f}" for c in cols)
+        vals = " ".join(
+            f"{r[c]:12.1f}" if c.endswith("_s") else f"{r[c]:12.3f}" if c == "of_bound" else f"{r[c]:12.5f}"
+            for c in cols
+        )
         print(f"{r['engine']:42s} {r['seconds']:8.2f} {vals} {r['rows_per_s'] / base:6.2f}x")
+
+
+def print_peaks(summary: dict) -> None:
+    config = summary["config"]
+    print(
+        f"\nmatmul peak of this machine (median of the rounds; GFLOP/s per Linear shape, "
+        f"{flops_per_token(config) / 1e6:.2f} MFLOP per token in the Linear layers)"
+    )
+    for name, shapes in summary["peaks"].items():
+        cells = "  ".join(f"{k}x{n} {g:7.1f}" for (k, n), g in shapes.items())
+        print(f"  {name:13s} {cells}   bound {tokens_bound(config, shapes):9.0f} tokens/s")
+    for corpus, chunk in summary["corpora"].items():
+        lengths = chunk.lengths
+        print(
+            f"  corpus {corpus}: {len(lengths)} rows, {chunk.real_tokens} real tokens "
+            f"(mean {lengths.mean():.0f}, min {lengths.min()}, max {lengths.max()}), "
+            f"{chunk.padded_tokens} padded in our batches"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--rows", type=int, default=2000, help="rows of the mixed corpus")
+    parser.add_argument("--long-rows", type=int, default=300, help="paragraphs of the long corpus")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--compile", action="store_true", help="add a row for torch.compile")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny corpora, short probe")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.long_rows = min(args.rows, 32), min(args.long_rows, 4)
 
     import torch
 
-    texts = load_texts(args.rows)
+    from minilm_cli.model import Embedder
+
+    tokenizer = Embedder(device="cpu", precision="fp32").tokenizer
+    corpora = {"mixed": load_texts(args.rows), "long": long_texts(args.long_rows, tokenizer)}
     print(
-        f"{len(texts)} rows of real text ({CORPUS.name}), device {args.device}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"real text ({CORPUS.name}): mixed {len(corpora['mixed'])} rows, long {len(corpora['long'])} "
+        f"paragraphs; device {args.device}, torch threads {torch.get_num_threads()}; "
+        f"CPU bf16: {bf16_hardware()}; CPU int8: {int8_hardware()}"
     )
-    rows = engine_table(texts, args.device, args.rounds, args.compile)
-    base = rows[0]["rows_per_s"]
-    print_table(
-        "engine: same texts, in memory (median of rounds; ratio = rows/s over sentence-transformers fp32)",
-        rows,
-        base,
-    )
+    tables, summary = engine_table(corpora, args.device, args.rounds, args.compile, args.quick)
+    print_peaks(summary)
+    for corpus, rows in tables.items():
+        print_table(
+            f"engine, {corpus} corpus: same texts, in memory (median of rounds; of_bound = padded "
+            "tokens/s over the matmul bound of the engine's precision; ratio = rows/s over "
+            "sentence-transformers fp32)",
+            rows,
+            rows[0]["rows_per_s"],
+        )
     if not args.skip_e2e:
-        e2e = end_to_end_table(texts, args.device, args.rounds)
+        e2e = end_to_end_table(corpora["mixed"], args.device, args.rounds)
         print_table(
             "end to end: JSONL file -> Parquet (ratio over sentence-transformers)", e2e, e2e[0]["rows_per_s"]
         )

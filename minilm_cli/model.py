@@ -340,7 +340,32 @@ class Embedder:
             "compile": self.compiled,
             "batch_tokens": self.batch_tokens,
             "batch_size": self.batch_size,
+            "kernels": self.kernels(),
         }
+
+    def kernels(self) -> str:
+        """Which code runs the model here, in one line: backend, instruction set, matmul, attention.
+
+        e.g. "torch 2.13.0 eager; cpu AVX2; matmul fp32 (MKL); attention sdpa"
+        """
+        mode = "torch.compile (inductor)" if self.compiled else "eager"
+        parts = [f"torch {torch.__version__.split('+')[0]} {mode}"]
+        if self.device.type == "cpu":
+            parts.append(f"cpu {torch.backends.cpu.get_cpu_capability()}")
+            if self.precision == "fp32":
+                parts.append("matmul fp32 (MKL)" if torch.backends.mkl.is_available() else "matmul fp32")
+            else:
+                native = cpu_has_native_bf16() if self.precision == "bf16" else False
+                how = "native" if native else "no native support: converted in the kernels"
+                parts.append(f"matmul {self.precision} (oneDNN, {how})")
+        elif self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            name = torch.cuda.get_device_name(index)
+            parts.append(f"cuda {torch.version.cuda} {name}; matmul {self.precision} (cuBLAS)")
+        else:
+            parts.append(f"{self.device.type}; matmul {self.precision}")
+        parts.append(f"attention {getattr(self.model.config, '_attn_implementation', None) or 'eager'}")
+        return "; ".join(parts)
 
     # -- the three steps the pipeline runs on separate threads: tokenize, run, (pool inside run)
 

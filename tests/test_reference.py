@@ -113,6 +113,15 @@ def test_default_precision_is_close_to_fp32(texts: list[str], st_reference: np.n
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-4)
 
 
+def test_bf16_is_close_to_fp32(texts: list[str], st_reference: np.ndarray) -> None:
+    """bf16 asked for explicitly (native or not on this CPU): min cosine 0.9999 against fp32."""
+    from minilm_cli.model import Embedder
+
+    ours = Embedder(model=None, device="cpu", precision="bf16").embed(texts)
+    cos = (ours * st_reference).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(st_reference, axis=1))
+    assert cos.min() >= 0.9999
+
+
 def test_fp32_equals_plain_transformers(real_model_dir: str, embedder_fp32, texts: list[str]) -> None:
     reference = hf_loop(real_model_dir, texts)
     assert np.abs(embedder_fp32.embed(texts) - reference).max() <= TOL
