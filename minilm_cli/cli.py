@@ -501,6 +501,7 @@ def info(model: str | None, device: str, precision: str, as_json: bool) -> None:
     click.echo(f"pooling     {data['pooling']}{', normalized' if data['normalize'] else ''}")
     click.echo(f"device      {data['device']}")
     click.echo(f"precision   {data['precision']}")
+    click.echo(f"kernels     {data['kernels']}")
     click.echo("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
 
 

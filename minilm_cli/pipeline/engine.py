@@ -73,7 +73,7 @@ def embedder_runtime(embedder: Embedder, engine: str) -> dict[str, Any]:
         "compile": info["compile"],
         "batch_tokens": info["batch_tokens"],
         "batch_size": info["batch_size"],
-        **({"backend": info["backend"]} if "backend" in info else {}),
+        "kernels": info.get("kernels"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..batching import Chunk
 from ..config import EmbedConfig
 from ..errors import InputError
-from ..model import Embedder
+from ..model import Embedder, cpu_has_native_bf16
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
 from .engine import Engine, LocalEngine
@@ -96,6 +96,10 @@ def run_job(
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     plan = plan_run(cfg, log)
     embedder = embedder or build_embedder(cfg)
+    if embedder.device.type == "cpu" and embedder.precision == "bf16" and not cpu_has_native_bf16():
+        log(
+            "warning: this CPU has no native bf16 (avx512_bf16 or AMX): bf16 is emulated and slower than fp32"
+        )
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
         from .to_stdout import write_stdout
