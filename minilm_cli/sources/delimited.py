@@ -74,11 +74,11 @@ def _records(f: InputFile, tap: _Tap, per_line: bool) -> Iterator[list[str] | Ex
     if per_line:  # a byte range: a quoted newline cannot be told from a record boundary
         for line in tap:
             try:
-                yield next(csv.reader([line], strict=True), [])
+                yield next(csv.reader([line]), [])
             except csv.Error as exc:
                 yield exc
         return
-    reader = csv.reader(tap, strict=True)
+    reader = csv.reader(tap)
     while True:
         try:
             yield from reader
