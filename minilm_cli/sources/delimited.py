@@ -1,5 +1,6 @@
-"""CSV (RFC 4180: quoted fields may hold commas, quotes and newlines) and TSV (no quoting at
-all: a tab separates fields, a line ends a record, quotes are text) as streams of text.
+"""CSV (RFC 4180: quoted fields may hold commas, doubled quotes and newlines; a stray quote
+inside a quoted field is kept as text, as pyarrow, pandas and Excel read it) and TSV (no
+quoting at all: a tab separates fields, a line ends a record, quotes are text) as text.
 
 Every value is text, exactly as written: nothing is inferred. Bytes that are not UTF-8 are
 carried as surrogate escapes and become a bad row (or U+FFFD under --encoding-errors
