@@ -180,12 +180,24 @@ def test_text_column_of_wrong_type(tmp_path: Path, tiny_model_dir: str) -> None:
 
 
 def test_id_type_changing_between_inputs(tmp_path: Path, tiny_model_dir: str) -> None:
+    # One schema per job, from the first input (issue 8): a later value that does not fit
+    # it is a bad row naming the column and both types, not a crash mid-run.
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"doc": 1, "text": "first text"}) + "\n", encoding="utf-8")
+    b.write_text(json.dumps({"doc": "x", "text": "second text"}) + "\n", encoding="utf-8")
+    result = invoke(["embed", a, b, "-o", tmp_path / "out", "--model", tiny_model_dir, "--id-column", "doc"])
+    assert_error(result, 2, f"bad row: {b}, line 1: column 'doc'", "string", "int64")
+
+
+def test_csv_id_then_jsonl_string_id_is_one_string_column(tmp_path: Path, tiny_model_dir: str) -> None:
     a = tmp_path / "a.csv"
     b = tmp_path / "b.jsonl"
     a.write_text("doc,text\n1,first text\n", encoding="utf-8")
     b.write_text(json.dumps({"doc": "x", "text": "second text"}) + "\n", encoding="utf-8")
-    result = invoke(["embed", a, b, "-o", tmp_path / "out", "--model", tiny_model_dir, "--id-column", "doc"])
-    assert_error(result, 2, "type")
+    result = invoke(["embed", a, b, "-o", "-", "--model", tiny_model_dir, "--id-column", "doc"])
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["1", "x"]
 
 
 # ---------------------------------------------------------------------------- bad rows (--on-error fail)

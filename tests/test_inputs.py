@@ -509,3 +509,19 @@ def test_empty_shard_has_the_job_schema(tmp_path, embedder):
     )
     schemas = {pq.read_schema(p).remove_metadata() for p in sorted(out.glob("part-*.parquet"))}
     assert len(schemas) == 1
+
+
+def test_jsonl_schema_is_the_same_for_every_part_of_a_job_array(tmp_path, embedder):
+    src = tmp_path / "in.jsonl"
+    values = [1] * 3 + [1.5] + [2] * 16  # the part that reads the tail sees ints only
+    src.write_text("".join(json.dumps({"text": f"row {i}", "n": v}) + "\n" for i, v in enumerate(values)))
+    out = tmp_path / "out"
+    for index in (0, 1):
+        cfg = EmbedConfig(
+            [str(src)], str(out), keep_columns=("n",), quiet=True, num_shards=2, shard_index=index
+        )
+        run_job(cfg, embedder=embedder)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 2
+    assert [pq.read_schema(p).field("n").type for p in parts] == [pa.float64(), pa.float64()]
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == 20

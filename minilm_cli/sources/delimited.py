@@ -1,5 +1,6 @@
-"""CSV (RFC 4180: quoted fields may hold commas, quotes and newlines) and TSV (no quoting at
-all: a tab separates fields, a line ends a record, quotes are text) as streams of text.
+"""CSV (RFC 4180: quoted fields may hold commas, doubled quotes and newlines; a stray quote
+inside a quoted field is kept as text, as pyarrow, pandas and Excel read it) and TSV (no
+quoting at all: a tab separates fields, a line ends a record, quotes are text) as text.
 
 Every value is text, exactly as written: nothing is inferred. Bytes that are not UTF-8 are
 carried as surrogate escapes and become a bad row (or U+FFFD under --encoding-errors
@@ -74,17 +75,16 @@ def _records(f: InputFile, tap: _Tap, per_line: bool) -> Iterator[list[str] | Ex
     if per_line:  # a byte range: a quoted newline cannot be told from a record boundary
         for line in tap:
             try:
-                yield next(csv.reader([line], strict=True), [])
+                yield next(csv.reader([line]), [])
             except csv.Error as exc:
                 yield exc
         return
-    reader = csv.reader(tap, strict=True)
+    reader = csv.reader(tap)
     while True:
         try:
-            yield next(reader)
-        except StopIteration:
+            yield from reader
             return
-        except csv.Error as exc:
+        except csv.Error as exc:  # the reader goes on with the next line
             yield exc
 
 
@@ -160,14 +160,15 @@ def _read_records(
         header = [printable(name) for name in first]
         tap.skip()
     index = check_header(f, header, columns)
-    id_name = columns.id
+    id_at = index[columns.id] if columns.id else -1
 
-    def convert(name: str, value: Any, declared: str, errors: str) -> tuple[Any, str | None]:
-        if value is None or (name == id_name and value == ""):
-            return None, None  # an empty id field is a null id: a bad row
-        return text_value(name, value, declared, errors)
+    def extract(records: list[list[str]], name: str) -> list[Any]:
+        at = index[name]
+        if at == id_at:  # an empty id field is a null id: a bad row
+            return [None if r[at] == "" else r[at] for r in records]
+        return [r[at] for r in records]
 
-    block = BlockBuilder(f, columns, schema, encoding_errors, convert, keep_raw=False)
+    block = BlockBuilder(f, columns, schema, encoding_errors, text_value, extract, keep_raw=False)
     text_at, width, row = index[columns.text], len(header), first_row
     for record in records:
         if not record or (f.format == "tsv" and record == [""]):
@@ -180,7 +181,7 @@ def _read_records(
             block.reject(row, f"expected {width} columns, got {len(record)}", tap.take())
         else:
             tap.skip()
-            block.add(record[text_at], row, None, lambda name, r=record: r[index[name]])  # type: ignore[misc]
+            block.add(record[text_at], row, None, record)
         if len(block) >= block_rows:
             yield block.take()
     if block.pending:

@@ -115,9 +115,13 @@ def _expand(pattern: str, input_format: str | None, fence: _Fence, log: Log) -> 
 def _walk(folder: str, input_format: str | None, fence: _Fence, log: Log) -> list[str]:
     store = storage_for(folder)
     names = store.walk_files(folder)
-    found = _filter(names, input_format, fence, log, named=True, root=folder)
+    skipped: list[str] = []
+    found = _filter(names, input_format, fence, skipped.append, named=True, root=folder)
     if not found:
-        raise InputError(f"no supported input files in directory {folder}")
+        more = f" (skipped {len(skipped)}: {skipped[0]})" if skipped else ""
+        raise InputError(f"no supported input files in directory {folder}{more}")
+    for line in skipped:
+        log(line)
     return found
 
 

@@ -30,6 +30,10 @@ def parse_json_object(line: bytes, encoding_errors: str) -> tuple[dict | None, s
     return obj, None
 
 
+def _extract(objects: list[dict], name: str) -> list:
+    return [o.get(name) for o in objects]
+
+
 def read_jsonl(
     f: InputFile,
     stream: IO[bytes],
@@ -39,7 +43,7 @@ def read_jsonl(
     encoding_errors: str,
     first_line: int = 0,
 ) -> Iterator[RawRows]:
-    block = BlockBuilder(f, columns, schema, encoding_errors, json_value)
+    block = BlockBuilder(f, columns, schema, encoding_errors, json_value, _extract)
     checked = False
     for number, line in enumerate(iter_lines(stream), start=first_line + 1):
         if not line.strip():
@@ -54,7 +58,7 @@ def read_jsonl(
                 shown = ", ".join(obj) if obj else "(none)"
                 raise InputError(f"text column '{columns.text}' not found in {f.path}; columns are: {shown}")
             checked = True
-        block.add(obj.get(columns.text), number, line.decode("utf-8", "replace"), obj.get)
+        block.add(obj.get(columns.text), number, line.decode("utf-8", "replace"), obj)
         if len(block) >= block_rows:
             yield block.take()
     if block.pending:

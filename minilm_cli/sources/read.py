@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import lzma
-import zlib
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -12,7 +10,7 @@ from ..errors import InputError
 from .delimited import read_delimited, read_header
 from .jsonl import read_jsonl
 from .parquet import read_parquet
-from .rows import Columns, InputFile, RawRows, Split, one_line
+from .rows import Columns, InputFile, RawRows, Split, input_errors
 from .schema import resolve_schema
 from .streams import ByteRange, open_binary, peek_stdin
 from .txt import no_columns_in_text, read_txt
@@ -36,7 +34,7 @@ def read_file(
         no_columns_in_text(f, columns)
     if f.is_stdin and f.format == "parquet":
         raise InputError("Parquet cannot be read from stdin (it is not a stream); pass the file")
-    try:
+    with input_errors(f):
         if schema is None:
             schema = resolve_schema([f], columns)
         if f.format == "parquet":
@@ -45,14 +43,6 @@ def read_file(
             yield from _read_byte_range(f, columns, schema, block_rows, encoding_errors, split)
         else:
             yield from _read_stream(f, columns, schema, block_rows, encoding_errors)
-    except FileNotFoundError:
-        raise InputError(f"input not found: {f.path}") from None
-    except PermissionError:
-        raise InputError(f"permission denied reading {f.path}") from None
-    except (EOFError, OSError, pa.ArrowInvalid, UnicodeDecodeError, zlib.error, lzma.LZMAError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise  # disk-level faults are runtime failures, not bad input
-        raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
 
 
 def _read_stream(

@@ -3,10 +3,16 @@ file, and blocks of rows before and after their checks."""
 
 from __future__ import annotations
 
+import contextlib
+import lzma
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+
+from ..errors import InputError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 
@@ -117,6 +123,21 @@ class RawRows:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@contextlib.contextmanager
+def input_errors(f: InputFile) -> Iterator[None]:
+    """What reading ``f`` may raise, as the one-line InputError a user can act on."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"input not found: {f.path}") from None
+    except PermissionError:
+        raise InputError(f"permission denied reading {f.path}") from None
+    except (EOFError, OSError, pa.ArrowException, UnicodeDecodeError, zlib.error, lzma.LZMAError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # disk-level faults are runtime failures, not bad input
+        raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
 
 
 def one_line(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from ..errors import InputError
 from .jsonl import parse_json_object
 from .parquet import open_parquet, string_like
-from .rows import Columns, InputFile
+from .rows import Columns, InputFile, input_errors
 from .streams import iter_lines, open_binary, peek_stdin
 from .values import JSON_META, TYPE_NAMES, arrow_type, kind, type_name
 
@@ -63,16 +63,18 @@ def resolve_schema(
         return pa.schema([])
     first = files[0]
     fmt = _format_of(first)
-    if fmt == "parquet":
-        fields = _parquet_fields(first, columns, column_types)
-    elif fmt == "jsonl":
-        fields = _jsonl_fields(files, columns, column_types)
-    else:  # csv, tsv (txt has no columns: its reader says so)
-        fields = [_declared(n, column_types.get(n, "string")) for n in names]
+    with input_errors(first):
+        if fmt == "parquet":
+            fields = _parquet_fields(first, columns, column_types)
+        elif fmt == "jsonl":
+            fields = _jsonl_fields(files, columns, column_types)
+        else:  # csv, tsv (txt has no columns: its reader says so)
+            fields = [_declared(n, column_types.get(n, "string")) for n in names]
     schema = pa.schema(fields)
     for f in files[1:]:
         if f.format == "parquet":
-            check_parquet_file(f, schema)
+            with input_errors(f):
+                check_parquet_file(f, schema)
     return schema
 
 

@@ -117,8 +117,10 @@ def _checked_str(column: str, text: str, encoding_errors: str) -> tuple[str | No
     return text_or_none, (f"column '{column}': {reason}" if reason else None)
 
 
-def text_value(column: str, value: str, declared: str, encoding_errors: str) -> tuple[Any, str | None]:
+def text_value(column: str, value: str | None, declared: str, encoding_errors: str) -> tuple[Any, str | None]:
     """A CSV/TSV field (text) as the declared type. Text stays text unless declared."""
+    if value is None:
+        return None, None
     value_or_none, reason = _checked_str(column, value, encoding_errors)
     if reason or value_or_none is None or declared == "string":
         return value_or_none, reason
