@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..model import Embedder, cpu_has_native_bf16
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
+from ..storage import storage_for
 from .engine import Engine, LocalEngine
 from .result import JobResult
 from .settings import build_embedder, check_config
@@ -70,8 +71,9 @@ def check_inputs(files: list[InputFile], columns: Columns, schema: pa.Schema, en
     """Open every input and read its first block: a missing column or an unreadable file is
     found now, before --overwrite or --resume changes anything in OUTPUT."""
     for f in files:
-        if f.is_stdin:
-            continue  # read once, when the run reads it
+        store = storage_for(f.path) if not f.is_stdin else None
+        if store is None or not store.rereadable(f.path):
+            continue  # stdin, a FIFO: read once, when the run reads it
         blocks = read_file(f, columns, 1, encoding_errors, None, schema=schema)
         try:
             next(iter(blocks), None)

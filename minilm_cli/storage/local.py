@@ -114,6 +114,13 @@ class LocalStorage:
         """The absolute path with every symlink resolved (for telling whether two paths meet)."""
         return os.path.realpath(path)
 
+    def rereadable(self, path: str) -> bool:
+        """Whether opening ``path`` twice reads the same bytes twice (not a FIFO or a device)."""
+        try:
+            return stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            return False
+
     def file_problem(self, path: str) -> str | None:
         """Why ``path`` cannot be read as an input file, or None when it can (a regular
         file, a FIFO or a character device such as ``/dev/stdin`` or ``<(...)``)."""

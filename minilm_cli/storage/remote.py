@@ -637,6 +637,9 @@ class FsspecStorage:
         """Stores have no symlinks: the URL, normalised (no trailing slash)."""
         return self.url(self.key(path)).rstrip("/")
 
+    def rereadable(self, path: str) -> bool:
+        return True  # an object reads the same every time
+
     def file_problem(self, path: str) -> str | None:
         info = self.info(path)
         if info is None:
