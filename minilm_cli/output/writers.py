@@ -174,6 +174,8 @@ class _OpenShard:
             self.schema = self._target_schema(table.schema)
             role = "metadata" if self.w.fmt == "npy" else "data"
             self.parquet = pq.ParquetWriter(self._create(role).stream, self.schema)
+        if table.num_rows == 0:
+            table = self.schema.empty_table()  # rejects only: still the job's columns and types
         try:
             table = table.cast(self.schema) if table.schema != self.schema else table
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
