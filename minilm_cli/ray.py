@@ -120,14 +120,32 @@ def read_inputs(cfg: EmbedConfig) -> Any:
             ds = ds.rename_columns({"text": cfg.text_column})
         return ds
     if fmt in ("csv", "tsv"):
-        import pyarrow.csv as pa_csv
-
-        options = pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-        return ray.data.read_csv(paths, parse_options=options, ray_remote_args=READ_TASK)
+        return _read_delimited(ray, files, fmt)
     if fmt == "jsonl":
         return ray.data.read_json(paths, lines=True, ray_remote_args=READ_TASK)
     columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + list(cfg.keep_columns)
     return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)), ray_remote_args=READ_TASK)
+
+
+def _read_delimited(ray: Any, files: list[InputFile], fmt: str) -> Any:
+    """CSV/TSV values as the text written, as the local engine reads them: every column a
+    string (nothing inferred), and TSV without quote processing."""
+    import pyarrow.csv as pa_csv
+
+    from .sources.delimited import read_header
+    from .sources.streams import open_binary
+
+    with open_binary(files[0]) as stream:
+        names = read_header(files[0], stream)
+    parse = pa_csv.ParseOptions(
+        delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
+    )
+    convert = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in names}, strings_can_be_null=False
+    )
+    return ray.data.read_csv(
+        [f.path for f in files], parse_options=parse, convert_options=convert, ray_remote_args=READ_TASK
+    )
 
 
 def run_ray_job(

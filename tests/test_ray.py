@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -125,3 +126,34 @@ def test_ray_engine_sets_bad_rows_aside_like_the_local_engine(local_ray, tiny_mo
     assert [(r["row"], r["reason"]) for r in rejects] == [(2, "empty text"), (4, "null text")]
     assert minilm_cli.open_dataset(tmp_path / "ray").to_table().column("id").to_pylist() == [0, 2]
     assert verify_output(tmp_path / "ray").ok
+
+
+def test_ray_reads_csv_values_as_the_text_written(tmp_path, tiny_model_dir):
+    """Under Ray as locally: CSV ids and kept columns are strings, leading zeros kept."""
+    from click.testing import CliRunner
+
+    from minilm_cli.cli import main
+
+    src = tmp_path / "in.csv"
+    src.write_text('sku,zip,text\n00123,02139,"hello, world"\n00124,10001,second row\n')
+    out = tmp_path / "out"
+    args = [
+        "embed",
+        str(src),
+        "-o",
+        str(out),
+        "--engine",
+        "ray",
+        "--id-column",
+        "sku",
+        "--keep-columns",
+        "zip",
+    ]
+    result = CliRunner().invoke(
+        main, [*args, "--model", tiny_model_dir, "--device", "cpu", "--precision", "fp32", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out / "part-00000.parquet")
+    assert table.column("id").to_pylist() == ["00123", "00124"]
+    assert table.column("zip").to_pylist() == ["02139", "10001"]
+    assert str(table.schema.field("zip").type) == "string"
