@@ -384,3 +384,36 @@ def test_malformed_manifest_is_a_finding_not_a_crash(output, damage):
     assert result.exit_code == 4, result.output
     assert "unexpected" not in result.output
     assert any("manifest.json: malformed manifest" in p for p in problems(result)), result.output
+
+
+def test_verify_finds_shards_whose_columns_disagree(tmp_path, tiny_model_dir):
+    """A shard written with other column types (a writer bug, a hand edit with a fixed-up
+    manifest) is a finding: readers cannot read the shards as one table."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from minilm_cli.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"row {i}", "n": i}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    args = ["embed", str(src), "-o", str(out), "--keep-columns", "n", "--shard-rows", "2", "-q"]
+    result = CliRunner().invoke(main, [*args, "--model", tiny_model_dir, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    second = out / "part-00001.parquet"
+    table = pq.read_table(second)
+    table = table.set_column(table.schema.get_field_index("n"), "n", table.column("n").cast(pa.string()))
+    pq.write_table(table, second)
+    doc = json.loads((out / "manifest.json").read_text())
+    entry = doc["shards"][1]["files"]["data"]
+    entry["bytes"] = second.stat().st_size
+    entry["sha256"] = hashlib.sha256(second.read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(doc))
+    check = CliRunner().invoke(main, ["verify", str(out)])
+    assert check.exit_code == 4
+    assert "part-00001.parquet" in check.output or "shard 1" in check.output
+    assert "n string) differ from" in check.output

@@ -65,6 +65,7 @@ class _Verifier:
         self.docs: list[tuple[str, dict]] = []
         self.all_read = True
         self.id_column: str | None = None
+        self.schema: tuple[str, pa.Schema] | None = None  # (first shard's label, its table schema)
 
     def run(self, manifests: list[str]) -> VerifyReport:
         try:
@@ -148,9 +149,24 @@ class _Verifier:
             return problems
         try:
             embeddings, ids = self.read_shard(entry["files"], settings.get("format", "parquet"))
+            problems += self.check_schema(shard, entry["files"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
             return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
         return problems + self.check_rows(shard, entry, settings, embeddings, ids)
+
+    def check_schema(self, shard: _Shard, files: dict) -> list[str]:
+        """Every shard of an output has the same columns and types (readers join them as one)."""
+        with self.storage.open_read(os.path.join(self.root, shard.table)) as f:
+            schema = pq.read_schema(f).remove_metadata()
+        if self.schema is None:
+            self.schema = (shard.label, schema)
+            return []
+        first, expected = self.schema
+        if schema.equals(expected):
+            return []
+        theirs = ", ".join(f"{f.name} {f.type}" for f in schema)
+        ours = ", ".join(f"{f.name} {f.type}" for f in expected)
+        return [f"columns ({theirs}) differ from {first}'s ({ours})"]
 
     def check_rows(
         self, shard: _Shard, entry: dict, settings: dict, embeddings: np.ndarray, ids
