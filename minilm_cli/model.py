@@ -406,9 +406,18 @@ class Embedder:
             hidden = self._forward(input_ids=input_ids, attention_mask=mask).last_hidden_state
         return pool(hidden.float(), mask, self.pooling, self.normalize)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed texts in memory: (len(texts), dim) float32, same order as ``texts``."""
-        return self.run(self.tokenize(list(texts)))
+    def embed(self, texts: list[str] | str) -> np.ndarray:
+        """Embed texts in memory: (len(texts), dim) float32, same order as ``texts``.
+        One string gives one vector, (dim,), as sentence-transformers' encode does."""
+        if isinstance(texts, str):
+            return self.embed([texts])[0]
+        if isinstance(texts, (bytes, bytearray)):
+            raise TypeError("embed() takes str texts (or a list of them), not bytes: decode them first")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"embed(): texts[{i}] is {type(text).__name__}, not a string")
+        return self.run(self.tokenize(texts))
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:

@@ -160,3 +160,13 @@ def test_repeated_user_ids_are_a_warning_and_a_count_in_embed_and_verify(tmp_pat
     assert manifest(out)["totals"]["duplicate_ids"] == 2
     check = cli(["verify", str(out)])
     assert check.exit_code == 0, check.output  # the same finding, a warning in both
+
+
+def test_python_api_embeds_one_string_as_one_text(tiny_embedder) -> None:
+    one = tiny_embedder.embed("a whole sentence")
+    assert one.shape == (tiny_embedder.dim,)
+    assert (one == tiny_embedder.embed(["a whole sentence"])[0]).all()
+    with pytest.raises(ValueError, match=r"texts\[1\] is NoneType"):
+        tiny_embedder.embed(["fine", None])
+    with pytest.raises(TypeError, match="not bytes"):
+        tiny_embedder.embed(b"raw bytes")
