@@ -76,23 +76,69 @@ def chunk_rows(
 
     A chunk carries the rejects whose record position falls before its last row, and its
     ``record_end`` is the record just after that row: where a resumed run starts reading.
+    Rows of one record (the windows of a long document share its position) are never cut
+    by a shard boundary: the shard runs past ``shard_rows`` to the record's last row, so a
+    resume never repeats or loses part of a record. A piece whose last record goes on in
+    the next piece says so with a true ``continues`` attribute.
     """
     pending = _Pending(first_row)
+    shard = _ShardCount(shard_rows)
     record_end = first_record
     for piece in checked:
         pending.rejects.extend(piece.rejects)
-        offset = 0
-        while offset < len(piece.texts):
-            in_shard = shard_rows - (pending.first_row % shard_rows)
-            take = min(chunk_size, in_shard) - pending.rows
-            take = min(take, len(piece.texts) - offset)
+        positions, n, offset = piece.positions, len(piece.texts), 0
+        continues = bool(getattr(piece, "continues", False))
+        while offset < n:
+            if shard.finishing is not None and positions[offset] != shard.finishing:
+                yield shard.end(pending.emit(shard.finishing + 1, shard_end=True))
+                continue
+            take = min(chunk_size - pending.rows, n - offset)
+            if shard.finishing is None:
+                take = min(take, shard.room - pending.rows)
+            else:
+                take = min(take, _run_length(positions, offset, shard.finishing))
             pending.add(piece, offset, take)
             offset += take
-            shard_end = pending.rows == in_shard
-            if pending.rows == chunk_size or shard_end:
-                yield pending.emit(int(piece.positions[offset - 1]) + 1, shard_end)
+            last = int(positions[offset - 1])
+            if shard.finishing is None and pending.rows == shard.room:
+                if (offset < n and positions[offset] == last) or (offset == n and continues):
+                    shard.finishing = last  # the shard is full, but this record goes on
+                else:
+                    yield shard.end(pending.emit(last + 1, shard_end=True))
+                    continue
+            ended = positions[offset] != last if offset < n else not continues
+            if shard.finishing is not None and ended:
+                yield shard.end(pending.emit(last + 1, shard_end=True))
+            elif pending.rows == chunk_size:
+                yield shard.add(pending.emit(last + 1, shard_end=False))
         record_end = piece.record_end
     yield pending.emit(record_end, shard_end=True, final=True)
+
+
+class _ShardCount:
+    """Rows already emitted into the open shard, and the record that overflows it."""
+
+    def __init__(self, shard_rows: int) -> None:
+        self.shard_rows = shard_rows
+        self.done = 0
+        self.finishing: int | None = None
+
+    @property
+    def room(self) -> int:
+        return self.shard_rows - self.done
+
+    def add(self, chunk: Chunk) -> Chunk:
+        self.done += len(chunk)
+        return chunk
+
+    def end(self, chunk: Chunk) -> Chunk:
+        self.done, self.finishing = 0, None
+        return chunk
+
+
+def _run_length(positions: np.ndarray, offset: int, record: int) -> int:
+    """How many rows from ``offset`` on belong to ``record``."""
+    return int(np.searchsorted(positions[offset:], record, side="right"))
 
 
 class _Pending:
