@@ -117,7 +117,10 @@ def _verify_shard(root: Path, shard: dict, settings: dict, ids_seen: set) -> lis
     bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
     if bad:
         problems.append(f"{bad} rows hold NaN or Inf")
-    problems += _check_ids(meta.column("id"), ids_seen)
+    ids = meta.column("id")
+    if (settings.get("overflow") or {}).get("mode") == "split":  # one id per document, window 0
+        ids = ids.filter(pc.equal(meta.column("window"), 0))
+    problems += _check_ids(ids, ids_seen)
     if "rejects" in shard["files"]:
         lines = sum(1 for _ in open(root / shard["files"]["rejects"]["path"], encoding="utf-8"))
         if lines != shard["rejected"]:

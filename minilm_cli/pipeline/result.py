@@ -20,6 +20,9 @@ class JobResult:
     resumed_rows: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     output: str = ""
+    overflow: str = "truncate"
+    windows: int = 0  # windows embedded by this run (split, mean)
+    documents: int = 0  # documents those windows came from (split)
 
     def add_shards(self, shards: list[dict[str, Any]]) -> None:
         """Count finished shards as the manifest lists them."""
@@ -35,7 +38,10 @@ class JobResult:
         """Count an embedded chunk (its rows, rejects and tokens)."""
         self.rows += len(chunk)
         self.rejected += len(chunk.rejects)
+        if self.overflow == "split" and len(chunk):
+            self.documents += int((chunk.keep.column("window").to_numpy() == 0).sum())
         if chunk.tokens is not None:
+            self.windows += len(chunk.tokens.lengths)
             self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
@@ -59,7 +65,13 @@ class JobResult:
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
         padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
+        if self.overflow == "split":
+            what = f"{self.rows} rows ({self.windows} windows of {self.documents} documents)"
+        elif self.overflow == "mean":
+            what = f"{self.rows} rows ({self.windows} windows)"
+        else:
+            what = f"{self.rows} rows"
         return (
-            f"embedded {self.rows} rows{shards}; {self.rejected} rejected, {self.truncated} truncated; "
+            f"embedded {what}{shards}; {self.rejected} rejected, {self.truncated} truncated; "
             f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}"
         )

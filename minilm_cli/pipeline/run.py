@@ -22,7 +22,7 @@ from ..sharding import count_records, plan_splits
 from ..sources import InputFile, Split, resolve_inputs
 from .engine import Engine, LocalEngine
 from .result import JobResult
-from .settings import build_embedder, check_config
+from .settings import build_embedder, check_config, check_windows
 from .stages import Stages
 from .threads import Consumer, SignalGuard
 
@@ -69,6 +69,7 @@ def run_job(
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     plan = plan_run(cfg)
     embedder = embedder or build_embedder(cfg)
+    check_windows(cfg, embedder)
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
         from .to_stdout import write_stdout
@@ -97,7 +98,7 @@ class Run:
         self.engine = engine
         self.log = log
         self.on_rows = on_rows
-        self.result = JobResult(output=cfg.output)
+        self.result = JobResult(output=cfg.output, overflow=cfg.overflow)
         self.stages: Stages | None = None
         self.record_end = 0
         self.guard = SignalGuard()
@@ -114,7 +115,8 @@ class Run:
         started = time.perf_counter()
         writer = Consumer(self._timed_write(write), "minilm-writer", on_error=self.guard.wake)
         progress = self._progress()
-        chunks = self.engine.embedded_chunks(self.stages, first_row, first_record)
+        embedded = self.engine.embedded_chunks(self.stages, first_row, first_record)
+        chunks = self.stages.after_model(embedded)
         try:
             with self.guard:
                 self._feed(chunks, writer, progress, started)
@@ -126,6 +128,7 @@ class Run:
             raise
         finally:
             _close(chunks)
+            _close(embedded)
             progress.close()
             self.result.seconds = time.perf_counter() - started
             self.result.stage_seconds = {k: round(v, 3) for k, v in self.stages.timers.items()}

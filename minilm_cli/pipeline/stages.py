@@ -1,11 +1,14 @@
 """The stage list every engine runs, in the order the data flows:
 
-    read -> check -> [row stages] -> chunk -> tokenize -> [model] -> write
+    read -> check [record checks] -> [row stages] -> chunk -> tokenize -> [model] -> [model stages] -> write
 
 A row stage maps a stream of CheckedRows to a stream of CheckedRows (deduplication,
 reuse of earlier vectors and long-document windows plug in here); a chunk stage maps a
 stream of Chunks to a stream of Chunks (tokenizing is one). Adding a stage is adding an
-entry to ``row_stages`` or ``chunk_stages``: the loops that drive them do not change, and
+entry to ``row_stages`` or ``chunk_stages``. A record check sees each read block beside
+its checked rows (so it can reject a row with its file and line); a model stage maps the
+stream of (chunk, embeddings) after the model, on the main thread (--overflow mean merges
+windows there). The loops that drive them do not change, and
 the local engine, the device workers and the Ray engine all run this same list.
 """
 
@@ -15,13 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
-from ..sources import CheckedRows, Columns, Split, check_rows, read_file
+from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
+RecordCheck = Callable[[RawRows, CheckedRows], CheckedRows]
+ModelStage = Callable[[Iterator[tuple[Chunk, np.ndarray]]], Iterator[tuple[Chunk, np.ndarray]]]
 
 
 @dataclass
@@ -36,10 +43,15 @@ class Stages:
     timers: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
     row_stages: list[RowStage] = field(default_factory=list)
     chunk_stages: list[ChunkStage] = field(default_factory=list)
+    record_checks: list[RecordCheck] = field(default_factory=list)
+    model_stages: list[ModelStage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from .windows import add_stages
+
         if not self.chunk_stages:
             self.chunk_stages = [self.tokenize]
+        add_stages(self)
 
     @property
     def columns(self) -> Columns:
@@ -56,6 +68,12 @@ class Stages:
             chunks = stage(chunks)
         return chunks
 
+    def after_model(self, embedded: Iterator[tuple[Chunk, np.ndarray]]) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """Every stage after the model: what the main thread runs on the engine's output."""
+        for stage in self.model_stages:
+            embedded = stage(embedded)
+        return embedded
+
     def checked_rows(self, skip_records: int) -> Iterator[CheckedRows]:
         """read -> check, over this part's splits; records before ``skip_records`` are read
         past without being checked (they are in finished shards: --resume)."""
@@ -69,7 +87,11 @@ class Stages:
                     continue
                 checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
                 record = end
-                yield checked.drop_before(skip_records) if skip_records > checked.first_record else checked
+                if skip_records > checked.first_record:
+                    checked = checked.drop_before(skip_records)
+                for check in self.record_checks:
+                    checked = check(raw, checked)
+                yield checked
 
     def _read(self, split: Split) -> Iterator:
         part = None if split.kind == "whole" else split
