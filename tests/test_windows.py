@@ -292,3 +292,31 @@ def test_each_window_is_the_model_run_on_exactly_its_tokens(real_model_dir, samp
         v = (np.asarray(expected)[ids == i] * weights[ids == i, None]).sum(0) / weights[ids == i].sum()
         means.append(v / np.linalg.norm(v))
     np.testing.assert_allclose(vectors_of(read_output(tmp_path / "mean")), np.asarray(means), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size,shard_rows,piece_rows", [(3, 4, 5), (5, 2, 3), (4, 4, 4), (7, 10, 1)])
+def test_chunk_rows_never_ends_a_shard_inside_a_record(chunk_size, shard_rows, piece_rows):
+    from minilm_cli.batching import chunk_rows
+    from minilm_cli.pipeline.windows import WindowRows
+
+    rng = random.Random(chunk_size * 100 + shard_rows)
+    records = [rng.choice([1, 1, 2, 3, 9]) for _ in range(30)]  # windows per record
+    positions = np.repeat(np.arange(len(records)), records)
+    pieces = []
+    for start in range(0, len(positions), piece_rows):
+        pos = positions[start : start + piece_rows]
+        piece = WindowRows([str(p) for p in pos], pa.array(pos), None, pos, [], 0, len(records))
+        piece.continues = start + piece_rows < len(positions) and positions[start + piece_rows] == pos[-1]
+        pieces.append(piece)
+    chunks = list(chunk_rows(pieces, chunk_size, shard_rows))
+    assert [t for c in chunks for t in c.texts] == [str(p) for p in positions]
+    assert all(len(c) <= chunk_size for c in chunks)
+    shard: list[int] = []
+    for chunk in chunks:
+        shard += [int(t) for t in chunk.texts]
+        if chunk.shard_end and shard:
+            last = shard[-1]
+            assert chunk.record_end == last + 1
+            assert shard.count(last) == records[last]  # the shard holds the whole record
+            assert len(shard) < shard_rows + max(records) or len(set(shard)) == 1
+            shard = []
