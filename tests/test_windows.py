@@ -178,19 +178,21 @@ def test_mean_is_the_token_weighted_mean_of_the_windows(tiny_embedder, docs, tmp
         expected.append(v / np.linalg.norm(v))  # the tiny model normalises
     np.testing.assert_allclose(vectors_of(mean), np.asarray(expected), atol=1e-6)
     assert result.rows == len(texts) and result.windows == split.num_rows
+    shards = json.loads((tmp_path / "mean" / "manifest.json").read_text())["shards"]
+    assert [s["rows"] for s in shards] == [5, len(texts) - 5]  # --shard-rows counts documents
     assert verify_output(tmp_path / "mean").ok
 
 
 @pytest.mark.parametrize("mode", ["split", "mean"])
 def test_resume_after_a_failed_shard_equals_a_clean_run(tiny_embedder, docs, tmp_path, monkeypatch, mode):
     path, _ = docs
-    kw = {"overflow": mode, "chunk_size": 5, "shard_rows": 6}
+    kw = {"overflow": mode, "chunk_size": 5, "shard_rows": 6 if mode == "split" else 2}
     run(tiny_embedder, [path], tmp_path / "clean", **kw)
     published = []
     real = minilm_cli.sinks.publish
 
     def publish(tmp, final):
-        if len(published) >= 4:
+        if len(published) >= 2:  # the third shard fails
             raise OSError(28, "No space left on device", str(tmp))
         published.append(final)
         real(tmp, final)
@@ -199,6 +201,7 @@ def test_resume_after_a_failed_shard_equals_a_clean_run(tiny_embedder, docs, tmp
     with pytest.raises(OSError):
         run(tiny_embedder, [path], tmp_path / "out", **kw)
     monkeypatch.undo()
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["shards"]) == 2
     run(tiny_embedder, [path], tmp_path / "out", resume=True, **kw)
     assert output_files(tmp_path / "out") == output_files(tmp_path / "clean")
 
@@ -294,8 +297,9 @@ def test_each_window_is_the_model_run_on_exactly_its_tokens(real_model_dir, samp
     np.testing.assert_allclose(vectors_of(read_output(tmp_path / "mean")), np.asarray(means), atol=1e-5)
 
 
+@pytest.mark.parametrize("by_records", [False, True])
 @pytest.mark.parametrize("chunk_size,shard_rows,piece_rows", [(3, 4, 5), (5, 2, 3), (4, 4, 4), (7, 10, 1)])
-def test_chunk_rows_never_ends_a_shard_inside_a_record(chunk_size, shard_rows, piece_rows):
+def test_chunk_rows_never_ends_a_shard_inside_a_record(chunk_size, shard_rows, piece_rows, by_records):
     from minilm_cli.batching import chunk_rows
     from minilm_cli.pipeline.windows import WindowRows
 
@@ -308,7 +312,7 @@ def test_chunk_rows_never_ends_a_shard_inside_a_record(chunk_size, shard_rows, p
         piece = WindowRows([str(p) for p in pos], pa.array(pos), None, pos, [], 0, len(records))
         piece.continues = start + piece_rows < len(positions) and positions[start + piece_rows] == pos[-1]
         pieces.append(piece)
-    chunks = list(chunk_rows(pieces, chunk_size, shard_rows))
+    chunks = list(chunk_rows(pieces, chunk_size, shard_rows, by_records=by_records))
     assert [t for c in chunks for t in c.texts] == [str(p) for p in positions]
     assert all(len(c) <= chunk_size for c in chunks)
     shard: list[int] = []
@@ -318,5 +322,8 @@ def test_chunk_rows_never_ends_a_shard_inside_a_record(chunk_size, shard_rows, p
             last = shard[-1]
             assert chunk.record_end == last + 1
             assert shard.count(last) == records[last]  # the shard holds the whole record
-            assert len(shard) < shard_rows + max(records) or len(set(shard)) == 1
+            if by_records:  # --overflow mean: shard_rows documents a shard, the last shard fewer
+                assert len(set(shard)) == shard_rows or last == len(records) - 1
+            else:
+                assert len(shard) < shard_rows + max(records) or len(set(shard)) == 1
             shard = []

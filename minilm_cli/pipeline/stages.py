@@ -63,7 +63,10 @@ class Stages:
         for stage in self.row_stages:
             rows = stage(rows)
         cfg = self.cfg
-        chunks: Iterator[Chunk] = chunk_rows(rows, cfg.chunk_size, cfg.shard_rows, first_row, first_record)
+        by_records = cfg.overflow == "mean"  # a shard holds --shard-rows documents, not windows
+        chunks: Iterator[Chunk] = chunk_rows(
+            rows, cfg.chunk_size, cfg.shard_rows, first_row, first_record, by_records
+        )
         for stage in self.chunk_stages:
             chunks = stage(chunks)
         return chunks
