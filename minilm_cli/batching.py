@@ -74,28 +74,93 @@ def chunk_rows(
     shard_rows: int,
     first_row: int = 0,
     first_record: int = 0,
+    by_records: bool = False,
 ) -> Iterator[Chunk]:
     """Regroup checked rows into chunks of ``chunk_size`` that end at every shard boundary.
 
     A chunk carries the rejects whose record position falls before its last row, and its
     ``record_end`` is the record just after that row: where a resumed run starts reading.
+    Rows of one record (the windows of a long document share its position) are never cut
+    by a shard boundary: the shard runs past ``shard_rows`` to the record's last row, so a
+    resume never repeats or loses part of a record. A piece whose last record goes on in
+    the next piece says so with a true ``continues`` attribute. ``by_records``: a shard
+    holds ``shard_rows`` records, however many rows each (their rows merge into one later).
     """
     pending = _Pending(first_row)
+    shard = _ShardCount(shard_rows, by_records)
     record_end = first_record
     for piece in checked:
         pending.rejects.extend(piece.rejects)
-        offset = 0
-        while offset < len(piece.texts):
-            in_shard = shard_rows - (pending.first_row % shard_rows)
-            take = min(chunk_size, in_shard) - pending.rows
-            take = min(take, len(piece.texts) - offset)
+        positions, n, offset = piece.positions, len(piece.texts), 0
+        continues = bool(getattr(piece, "continues", False))
+        while offset < n:
+            if shard.finishing is not None and positions[offset] != shard.finishing:
+                yield shard.end(pending.emit(shard.finishing + 1, shard_end=True))
+                continue
+            take = min(chunk_size - pending.rows, n - offset)
+            if shard.finishing is None:
+                take = min(take, shard.room(positions, offset, n))
+            else:
+                take = min(take, _run_length(positions, offset, shard.finishing))
             pending.add(piece, offset, take)
+            shard.took(positions, offset, take)
             offset += take
-            shard_end = pending.rows == in_shard
-            if pending.rows == chunk_size or shard_end:
-                yield pending.emit(int(piece.positions[offset - 1]) + 1, shard_end)
+            last = int(positions[offset - 1])
+            if shard.finishing is None and shard.full:
+                if (offset < n and positions[offset] == last) or (offset == n and continues):
+                    shard.finishing = last  # the shard is full, but this record goes on
+                else:
+                    yield shard.end(pending.emit(last + 1, shard_end=True))
+                    continue
+            ended = positions[offset] != last if offset < n else not continues
+            if shard.finishing is not None and ended:
+                yield shard.end(pending.emit(last + 1, shard_end=True))
+            elif pending.rows == chunk_size:
+                yield pending.emit(last + 1, shard_end=False)
         record_end = piece.record_end
     yield pending.emit(record_end, shard_end=True, final=True)
+
+
+class _ShardCount:
+    """What the open shard holds (rows, or records started), and the record that overflows it."""
+
+    def __init__(self, shard_rows: int, by_records: bool) -> None:
+        self.limit = shard_rows
+        self.by_records = by_records
+        self.used = 0
+        self.last = -1  # position of the last row taken
+        self.finishing: int | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.limit
+
+    def _starts(self, positions: np.ndarray, offset: int, end: int) -> np.ndarray:
+        """Where records start in positions[offset:end], relative to offset."""
+        seg = positions[offset:end]
+        before = np.concatenate(([self.last], seg[:-1]))
+        return np.flatnonzero(seg != before)
+
+    def room(self, positions: np.ndarray, offset: int, n: int) -> int:
+        """The most rows from ``offset`` on that the shard takes before it is full."""
+        if not self.by_records:
+            return self.limit - self.used
+        starts = self._starts(positions, offset, n)
+        left = self.limit - self.used
+        return n - offset if len(starts) <= left else int(starts[left])
+
+    def took(self, positions: np.ndarray, offset: int, take: int) -> None:
+        self.used += len(self._starts(positions, offset, offset + take)) if self.by_records else take
+        self.last = int(positions[offset + take - 1])
+
+    def end(self, chunk: Chunk) -> Chunk:
+        self.used, self.finishing = 0, None
+        return chunk
+
+
+def _run_length(positions: np.ndarray, offset: int, record: int) -> int:
+    """How many rows from ``offset`` on belong to ``record``."""
+    return int(np.searchsorted(positions[offset:], record, side="right"))
 
 
 class _Pending:

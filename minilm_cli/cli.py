@@ -223,8 +223,22 @@ def main() -> None:
     "--max-length",
     type=click.IntRange(2),
     callback=_at_most(MAX_ROWS),
-    help="Tokens per text; longer texts are truncated and counted. "
+    help="Tokens per text (or per window); longer texts go as --overflow says. "
     "Default: the model's max_seq_length, else 512.",
+)
+@click.option(
+    "--overflow",
+    type=click.Choice(["truncate", "split", "mean", "reject"]),
+    default="truncate",
+    show_default=True,
+    help="Texts over --max-length: truncate (counted); split into overlapping windows, one row each "
+    "(adds window, char_start, char_end, tokens columns); mean of the windows' vectors weighted by "
+    "their tokens, one row per text; reject as a bad row (see --on-error).",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(0),
+    help="split/mean: tokens consecutive windows share. Default: --max-length // 8 (32 for 256).",
 )
 @click.option(
     "--device",
@@ -403,6 +417,8 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
         pooling=opts["pooling"],
         normalize=opts["normalize"],
         max_length=opts["max_length"],
+        overflow=opts["overflow"],
+        stride=opts["stride"],
         device=opts["device"],
         precision=opts["precision"],
         batch_size=opts["batch_size"],

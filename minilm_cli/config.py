@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 FORMATS_OUT = ("parquet", "npy", "jsonl")
 ON_ERROR = ("fail", "skip")
+OVERFLOW = ("truncate", "split", "mean", "reject")
 
 
 @dataclass
@@ -23,6 +24,8 @@ class EmbedConfig:
     pooling: str | None = None  # None: from the model's sentence-transformers config, else mean
     normalize: bool | None = None  # None: from the model's config, else False
     max_length: int | None = None
+    overflow: str = "truncate"  # texts over max_length: truncate, split (windows), mean, reject
+    stride: int | None = None  # tokens shared by consecutive windows; None: max_length // 8
     device: str = "auto"
     precision: str = "auto"
     batch_size: int | None = None  # None: per device (cpu 64, cuda 1024)

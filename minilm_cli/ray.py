@@ -190,6 +190,8 @@ class RayEngine:
         self, cfg: EmbedConfig, ds: Any, concurrency: int | None, gpus: float | None, ray: Any
     ) -> None:
         self.cfg = cfg
+        if cfg.overflow != "truncate":
+            raise InputError(f"--overflow {cfg.overflow} runs on the local engine only, not --engine ray")
         actors = concurrency or 1
         cpus = float(ray.cluster_resources().get("CPU", 1))
         threads, cpus_per_worker = cfg.threads, None

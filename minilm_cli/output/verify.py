@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ExitCode, MinilmError
@@ -148,11 +149,11 @@ class _Verifier:
         if problems:
             return problems
         try:
-            embeddings, ids = self.read_shard(entry["files"], settings.get("format", "parquet"))
+            embeddings, meta = self.read_shard(entry["files"], settings.get("format", "parquet"))
             problems += self.check_schema(shard, entry["files"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
             return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
-        return problems + self.check_rows(shard, entry, settings, embeddings, ids)
+        return problems + self.check_rows(shard, entry, settings, embeddings, meta)
 
     def check_schema(self, shard: _Shard, files: dict) -> list[str]:
         """Every shard of an output has the same columns and types (readers join them as one)."""
@@ -169,10 +170,11 @@ class _Verifier:
         return [f"columns ({theirs}) differ from {first}'s ({ours})"]
 
     def check_rows(
-        self, shard: _Shard, entry: dict, settings: dict, embeddings: np.ndarray, ids
+        self, shard: _Shard, entry: dict, settings: dict, embeddings: np.ndarray, meta: pa.Table
     ) -> list[str]:
         problems = []
         rows = entry["rows"]
+        ids = meta.column("id")
         if embeddings.shape[0] != rows or len(ids) != rows:
             problems.append(
                 f"holds {embeddings.shape[0]} embeddings and {len(ids)} id rows, manifest says {rows}"
@@ -185,7 +187,7 @@ class _Verifier:
         if ids.null_count:
             problems.append(f"{ids.null_count} null ids")
         else:
-            self.scan.add(ids)
+            self.scan.add(_document_ids(meta, settings))
             self.seen.append(shard)
         files = entry["files"]
         if "rejects" in files:
@@ -197,16 +199,16 @@ class _Verifier:
             problems.append(f"manifest lists {entry['rejected']} rejects but no rejects file")
         return problems
 
-    def read_shard(self, files: dict, layout: str) -> tuple[np.ndarray, pa.ChunkedArray]:
+    def read_shard(self, files: dict, layout: str) -> tuple[np.ndarray, pa.Table]:
         if layout == "npy":
             with self.storage.open_read(os.path.join(self.root, files["embeddings"]["path"])) as f:
                 embeddings = np.load(f)
             meta = pq.read_table(self.storage.open_read(os.path.join(self.root, files["metadata"]["path"])))
-            return np.asarray(embeddings, dtype=np.float32), meta.column("id")
+            return np.asarray(embeddings, dtype=np.float32), meta
         table = pq.read_table(self.storage.open_read(os.path.join(self.root, files["data"]["path"])))
         column = table.column("embedding").combine_chunks()
         values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        return values.reshape(-1, column.type.list_size), table.column("id")
+        return values.reshape(-1, column.type.list_size), table.drop_columns(["embedding"])
 
     def parts(self) -> None:
         from ..sharding import coverage_problems
@@ -242,6 +244,14 @@ class _Verifier:
                 rel = os.path.relpath(os.path.join(folder, name), self.root)
                 if name.startswith("part-") and rel not in self.listed:
                     self.report.problems.append(f"{rel} is not listed in any manifest")
+
+
+def _document_ids(table: pa.Table, settings: dict) -> pa.ChunkedArray:
+    """The ids that must be unique: one per row, or with --overflow split one per document
+    (its window 0; the other windows repeat the id on purpose)."""
+    if (settings.get("overflow") or {}).get("mode") == "split":
+        return table.column("id").filter(pc.equal(table.column("window"), 0))
+    return table.column("id")
 
 
 def verify_output(root: str | Path) -> VerifyReport:

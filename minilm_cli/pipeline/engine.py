@@ -50,7 +50,7 @@ class LocalEngine:
                 t = time.perf_counter()
                 embedded = self.embedder.run(chunk.tokens) if chunk.tokens else empty(self.embedder.dim)
                 stages.timers["model"] += time.perf_counter() - t
-                yield chunk, stages.vectors(chunk, embedded)
+                yield chunk, embedded
         finally:
             reader.close()
 

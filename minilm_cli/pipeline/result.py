@@ -21,6 +21,9 @@ class JobResult:
     resumed_rows: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     output: str = ""
+    overflow: str = "truncate"
+    windows: int = 0  # windows embedded by this run (split, mean)
+    documents: int = 0  # documents those windows came from (split)
 
     def add_shards(self, shards: list[dict[str, Any]]) -> None:
         """Count finished shards as the manifest lists them."""
@@ -38,7 +41,10 @@ class JobResult:
         self.rows += len(chunk)
         self.embedded += len(chunk.tokens.ids) if chunk.tokens is not None else 0
         self.rejected += len(chunk.rejects)
+        if self.overflow == "split" and len(chunk):
+            self.documents += int((chunk.keep.column("window").to_numpy() == 0).sum())
         if chunk.tokens is not None:
+            self.windows += len(chunk.tokens.lengths)
             self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
@@ -62,9 +68,15 @@ class JobResult:
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
         padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
-        repeats = self.rows - self.embedded
-        reused = f"; {repeats} repeated texts copied, not embedded again" if repeats > 0 else ""
+        if self.overflow == "split":
+            what = f"{self.rows} rows ({self.windows} windows of {self.documents} documents)"
+        elif self.overflow == "mean":
+            what = f"{self.rows} rows ({self.windows} windows)"
+        else:
+            what = f"{self.rows} rows"
+        copied = self.rows - self.embedded if self.overflow in ("truncate", "reject") else 0
+        reused = f"; {copied} rows copied an earlier vector (repeated text or --reuse)" if copied > 0 else ""
         return (
-            f"embedded {self.rows} rows{shards}; {self.rejected} rejected, {self.truncated} truncated; "
+            f"embedded {what}{shards}; {self.rejected} rejected, {self.truncated} truncated; "
             f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}{reused}"
         )

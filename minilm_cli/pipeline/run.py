@@ -24,7 +24,7 @@ from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, reso
 from ..storage import storage_for
 from .engine import Engine, LocalEngine
 from .result import JobResult
-from .settings import build_embedder, check_config
+from .settings import build_embedder, check_config, check_windows
 from .stages import Stages
 from .threads import Consumer, SignalGuard
 
@@ -102,6 +102,7 @@ def run_job(
         log(
             "warning: this CPU has no native bf16 (avx512_bf16 or AMX): bf16 is emulated and slower than fp32"
         )
+    check_windows(cfg, embedder)
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
         from .to_stdout import write_stdout
@@ -130,7 +131,7 @@ class Run:
         self.engine = engine
         self.log = log
         self.on_rows = on_rows
-        self.result = JobResult(output=cfg.output)
+        self.result = JobResult(output=cfg.output, overflow=cfg.overflow)
         self.stages: Stages | None = None
         self.record_end = 0
         self.guard = SignalGuard()
@@ -156,7 +157,8 @@ class Run:
         started = time.perf_counter()
         writer = Consumer(self._timed_write(write), "minilm-writer", on_error=self.guard.wake)
         progress = self._progress()
-        chunks = self.engine.embedded_chunks(self.stages, first_row, first_record)
+        embedded = self.engine.embedded_chunks(self.stages, first_row, first_record)
+        chunks = self.stages.after_model(embedded)
         try:
             with self.guard:
                 self._feed(chunks, writer, progress, started)
@@ -170,6 +172,7 @@ class Run:
             _close(chunks)
             if self.stages.reuse is not None:
                 self.stages.reuse.close()
+            _close(embedded)
             progress.close()
             self.result.seconds = time.perf_counter() - started
             self.result.stage_seconds = {k: round(v, 3) for k, v in self.stages.timers.items()}

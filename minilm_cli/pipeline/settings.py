@@ -6,9 +6,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import ON_ERROR, EmbedConfig
+from ..config import ON_ERROR, OVERFLOW, EmbedConfig
 from ..errors import InputError
 from ..model import Embedder
+from .windows import WINDOW_COLUMNS, overflow_settings, plan_windows
 
 
 def build_embedder(cfg: EmbedConfig) -> Embedder:
@@ -43,6 +44,7 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | Non
         "keep_columns": list(cfg.keep_columns),
         "on_error": cfg.on_error,
         "encoding_errors": cfg.encoding_errors,
+        "overflow": overflow_settings(cfg, embedder),
         "plan": {
             "shard_rows": cfg.shard_rows,
             "chunk_size": cfg.chunk_size,
@@ -96,6 +98,7 @@ def check_config(cfg: EmbedConfig) -> None:
     if not cfg.to_stdout and cfg.output_format == "jsonl":
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
     _check_columns(cfg)
+    _check_overflow(cfg)
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -113,3 +116,23 @@ def _check_columns(cfg: EmbedConfig) -> None:
         raise InputError(
             f"--keep-columns {name}: the output already has an '{name}' column{hint}; rename it in the input"
         )
+
+
+def _check_overflow(cfg: EmbedConfig) -> None:
+    if cfg.overflow not in OVERFLOW:
+        raise InputError(f"overflow {cfg.overflow!r}: use one of {', '.join(OVERFLOW)}")
+    if cfg.stride is not None and cfg.overflow not in ("split", "mean"):
+        raise InputError(f"--stride is for --overflow split or mean, not {cfg.overflow}")
+    if cfg.stride is not None and cfg.stride < 0:
+        raise InputError("--stride must be at least 0")
+    clash = sorted(set(WINDOW_COLUMNS) & set(cfg.keep_columns)) if cfg.overflow == "split" else []
+    if clash:
+        raise InputError(
+            f"--keep-columns {clash[0]}: --overflow split adds a '{clash[0]}' column; rename it in the input"
+        )
+
+
+def check_windows(cfg: EmbedConfig, embedder: Embedder) -> None:
+    """The flags that need the model (--stride against --max-length), before OUTPUT is touched."""
+    if cfg.overflow != "truncate":
+        plan_windows(cfg, embedder)

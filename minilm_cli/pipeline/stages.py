@@ -1,11 +1,14 @@
 """The stage list every engine runs, in the order the data flows:
 
-    read -> check -> [row stages] -> chunk -> tokenize -> [model] -> write
+    read -> check [record checks] -> [row stages] -> chunk -> tokenize -> [model] -> [model stages] -> write
 
 A row stage maps a stream of CheckedRows to a stream of CheckedRows (deduplication,
 reuse of earlier vectors and long-document windows plug in here); a chunk stage maps a
 stream of Chunks to a stream of Chunks (tokenizing is one). Adding a stage is adding an
-entry to ``row_stages`` or ``chunk_stages``: the loops that drive them do not change, and
+entry to ``row_stages`` or ``chunk_stages``. A record check sees each read block beside
+its checked rows (so it can reject a row with its file and line); a model stage maps the
+stream of (chunk, embeddings) after the model, on the main thread (--overflow mean merges
+windows there). The loops that drive them do not change, and
 the local engine, the device workers and the Ray engine all run this same list.
 """
 
@@ -20,12 +23,13 @@ import numpy as np
 from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
-from ..sources import CheckedRows, Columns, Split, check_rows, read_file
+from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
 from .dedup import CAPACITY, RowExpander, RowPlanner
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
-AfterModel = Callable[[Chunk, np.ndarray], np.ndarray]  # a chunk's model output -> its rows' vectors
+RecordCheck = Callable[[RawRows, CheckedRows], CheckedRows]
+ModelStage = Callable[[Iterator[tuple[Chunk, np.ndarray]]], Iterator[tuple[Chunk, np.ndarray]]]
 
 
 @dataclass
@@ -40,22 +44,19 @@ class Stages:
     timers: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
     row_stages: list[RowStage] = field(default_factory=list)
     chunk_stages: list[ChunkStage] = field(default_factory=list)
-    after_model: list[AfterModel] = field(default_factory=list)
+    record_checks: list[RecordCheck] = field(default_factory=list)
+    model_stages: list[ModelStage] = field(default_factory=list)
     reuse: object | None = None  # pipeline.reuse.ReuseIndex over the --reuse outputs
     input_records: list[dict] = field(default_factory=list)  # each split's [start, end) of records
 
     def __post_init__(self) -> None:
+        from .windows import add_stages
+
         if not self.chunk_stages:
             capacity = CAPACITY if self.cfg.dedup else 0
-            self.chunk_stages.append(RowPlanner(capacity, self.reuse))
-            self.after_model.append(RowExpander(capacity))
-            self.chunk_stages.append(self.tokenize)
-
-    def vectors(self, chunk: Chunk, embedded: np.ndarray) -> np.ndarray:
-        """The model's output for a chunk, through the after-model stages: one vector per row."""
-        for stage in self.after_model:
-            embedded = stage(chunk, embedded)
-        return embedded
+            self.chunk_stages = [RowPlanner(capacity, self.reuse), self.tokenize]
+            self.model_stages.append(expand_rows(RowExpander(capacity)))
+        add_stages(self)  # --overflow split / mean / reject: windows replace the plain tokenizer
 
     @property
     def columns(self) -> Columns:
@@ -67,10 +68,19 @@ class Stages:
         for stage in self.row_stages:
             rows = stage(rows)
         cfg = self.cfg
-        chunks: Iterator[Chunk] = chunk_rows(rows, cfg.chunk_size, cfg.shard_rows, first_row, first_record)
+        by_records = cfg.overflow == "mean"  # a shard holds --shard-rows documents, not windows
+        chunks: Iterator[Chunk] = chunk_rows(
+            rows, cfg.chunk_size, cfg.shard_rows, first_row, first_record, by_records
+        )
         for stage in self.chunk_stages:
             chunks = stage(chunks)
         return chunks
+
+    def after_model(self, embedded: Iterator[tuple[Chunk, np.ndarray]]) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """Every stage after the model: what the main thread runs on the engine's output."""
+        for stage in self.model_stages:
+            embedded = stage(embedded)
+        return embedded
 
     def checked_rows(self, skip_records: int) -> Iterator[CheckedRows]:
         """read -> check, over this part's splits; records before ``skip_records`` are read
@@ -87,7 +97,11 @@ class Stages:
                     continue
                 checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
                 record = end
-                yield checked.drop_before(skip_records) if skip_records > checked.first_record else checked
+                if skip_records > checked.first_record:
+                    checked = checked.drop_before(skip_records)
+                for check in self.record_checks:
+                    checked = check(raw, checked)
+                yield checked
             self.input_records.append({"path": split.file.path, "start": start, "end": record})
 
     def _read(self, split: Split) -> Iterator:
@@ -136,3 +150,13 @@ def _last_space(text: str, limit: int) -> int:
         if text[i].isspace():
             return i
     return -1
+
+
+def expand_rows(expander: RowExpander) -> ModelStage:
+    """The dedup / reuse expander as a model stage: one vector per row of every chunk."""
+
+    def stage(embedded: Iterator[tuple[Chunk, np.ndarray]]) -> Iterator[tuple[Chunk, np.ndarray]]:
+        for chunk, vectors in embedded:
+            yield chunk, expander(chunk, vectors)
+
+    return stage

@@ -1,0 +1,357 @@
+"""Long documents: --overflow split (one row per window), mean (windows pooled back into
+one row per document) and reject (a text over --max-length is a bad row).
+
+How windows flow through the stage list:
+
+  check -> [reject_long]          records over --max-length become rejects (reject)
+  row stage   split_rows          each text -> its windows, token ids riding along in a
+                                  hidden list column of ``keep`` (split, mean)
+  chunk       chunk_rows          a shard never ends inside a document's windows
+  chunk stage tokenize_windows    the TokenizedChunk built from those ids, never re-tokenized
+  model
+  model stage MeanMerge           windows -> one weighted mean per document (mean; mean.py)
+
+A text is tokenized in pieces cut at whitespace (so the tokenizer sees whole words and its
+offsets stay right across pieces) and windows are cut from a small rolling buffer, so a
+10 MB line never has more than a few windows' worth of tokens in flight beside the chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..batching import Chunk, TokenizedChunk, pad_batch, plan_batches
+from ..config import EmbedConfig
+from ..errors import BadRowError, InputError
+from ..sources import CheckedRows, RawRows, Reject
+
+WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
+TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
+PIECE_TOKENS = 16  # a piece of text is about this many --max-length's worth of characters / 16
+SPACES = " \n\t\r"  # cut points every BERT-style pre-tokenizer splits at (no control characters)
+
+
+def default_stride(max_length: int) -> int:
+    return max_length // 8
+
+
+@dataclass
+class WindowPlan:
+    """How texts become windows for one run."""
+
+    tokenizer: Any  # a tokenizers.Tokenizer copy without truncation or padding
+    max_length: int
+    stride: int
+    prefix: np.ndarray  # special ids before a window's tokens ([CLS])
+    suffix: np.ndarray  # and after them ([SEP])
+    piece_chars: int
+
+    @property
+    def span(self) -> int:
+        """Text tokens per window: --max-length less the special tokens."""
+        return self.max_length - len(self.prefix) - len(self.suffix)
+
+    @property
+    def specials(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+
+def plan_windows(cfg: EmbedConfig, embedder: Any) -> WindowPlan:
+    """The window plan for ``cfg`` and its model; an impossible --stride is an InputError."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(embedder.tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    bare = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a").ids
+    at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+    prefix = np.asarray(full[:at], dtype=np.int64)
+    suffix = np.asarray(full[at + len(bare) :], dtype=np.int64)
+    max_length = embedder.max_length
+    stride = default_stride(max_length) if cfg.stride is None else cfg.stride
+    plan = WindowPlan(tok, max_length, stride, prefix, suffix, max_length * PIECE_TOKENS)
+    if plan.span < 1:
+        raise InputError(f"--max-length {max_length} leaves no room for text beside the special tokens")
+    if not 0 <= stride < plan.span:
+        raise InputError(
+            f"--stride {stride} must be at least 0 and below {plan.span} "
+            f"(--max-length {max_length} less {plan.specials} special tokens)"
+        )
+    return plan
+
+
+def overflow_settings(cfg: EmbedConfig, embedder: Any) -> dict[str, Any]:
+    """What the manifest records (and --resume compares) about long texts."""
+    windowed = cfg.overflow in ("split", "mean")
+    stride = (default_stride(embedder.max_length) if cfg.stride is None else cfg.stride) if windowed else None
+    return {"mode": cfg.overflow, "window": embedder.max_length, "stride": stride}
+
+
+# ---------------------------------------------------------------------------- tokens and windows
+
+
+def text_pieces(plan: WindowPlan, text: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, (start, end) char offsets into ``text``) piece by piece, no special tokens.
+
+    Pieces end just before a space, tab or newline, so no word is cut and each piece's
+    tokens are exactly the whole text's tokens there.
+    """
+    start, n = 0, len(text)
+    while start < n:
+        end = n if start + plan.piece_chars >= n else _cut(text, start, start + plan.piece_chars)
+        enc = plan.tokenizer.encode(text[start:end], add_special_tokens=False)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2) + start
+        yield np.asarray(enc.ids, dtype=np.int32), offsets
+        start = end
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """The last space before ``limit`` (after ``start``), else the next one, else the end."""
+    back = max(text.rfind(c, start + 1, limit) for c in SPACES)
+    if back > start:
+        return back
+    ahead = [i for i in (text.find(c, limit) for c in SPACES) if i >= 0]
+    return min(ahead) if ahead else len(text)
+
+
+@dataclass
+class Window:
+    ids: np.ndarray  # int32 text tokens, no special tokens
+    char_start: int
+    char_end: int
+
+
+def windows_of(plan: WindowPlan, pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Window]:
+    """Windows of ``plan.span`` tokens, each starting ``span - stride`` tokens after the one
+    before; the last holds what is left. A text without tokens is one empty window."""
+    span, step = plan.span, plan.span - plan.stride
+    ids = np.zeros(0, dtype=np.int32)
+    offsets = np.zeros((0, 2), dtype=np.int64)
+    emitted = False
+    for piece_ids, piece_offsets in pieces:
+        ids = np.concatenate((ids, piece_ids))
+        offsets = np.concatenate((offsets, piece_offsets))
+        while len(ids) >= span:
+            yield _window(ids[:span], offsets[:span])
+            emitted = True
+            ids, offsets = ids[step:], offsets[step:]
+    if not emitted or len(ids) > plan.stride:  # tokens no window holds yet
+        yield _window(ids, offsets)
+
+
+def _window(ids: np.ndarray, offsets: np.ndarray) -> Window:
+    if not len(ids):
+        return Window(ids.copy(), 0, 0)
+    return Window(ids.copy(), int(offsets[0, 0]), int(offsets[-1, 1]))
+
+
+def text_windows(plan: WindowPlan, text: str, encoding: Any = None) -> Iterator[Window]:
+    """The windows of one text; ``encoding`` is its tokens when already at hand (short texts)."""
+    if encoding is None:
+        return windows_of(plan, text_pieces(plan, text))
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    return windows_of(plan, iter([(np.asarray(encoding.ids, dtype=np.int32), offsets)]))
+
+
+# ---------------------------------------------------------------------------- row stage: split
+
+
+@dataclass
+class WindowRows(CheckedRows):
+    """Window rows; ``continues``: the last row's document has more windows in the next piece."""
+
+    continues: bool = False
+
+
+@dataclass
+class _Gathered:
+    """Windows gathered from one CheckedRows piece, not yet handed on."""
+
+    rows: list[int] = field(default_factory=list)  # the piece's row each window comes from
+    numbers: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    ids: list[np.ndarray] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+    def add(self, row: int, number: int, window: Window, text: str) -> None:
+        self.rows.append(row)
+        self.numbers.append(number)
+        self.starts.append(window.char_start)
+        self.ends.append(window.char_end)
+        self.ids.append(window.ids)
+        self.texts.append(text[window.char_start : window.char_end])
+
+    def rows_of(self, piece: CheckedRows, specials: int, continues: bool) -> WindowRows:
+        index = pa.array(self.rows, pa.int64())
+        lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
+        values = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int32)
+        columns = {
+            "window": pa.array(self.numbers, pa.int32()),
+            "char_start": pa.array(self.starts, pa.int64()),
+            "char_end": pa.array(self.ends, pa.int64()),
+            "tokens": pa.array(lengths + specials, pa.int32()),
+            TOKEN_IDS: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
+        }
+        keep = piece.keep.take(index) if piece.keep is not None else None
+        if keep is None:
+            keep = pa.table(columns)
+        else:
+            for name, column in columns.items():
+                keep = keep.append_column(name, column)
+        positions = piece.positions[np.asarray(self.rows, dtype=np.int64)]
+        rows = WindowRows(
+            self.texts, piece.ids.take(index), keep, positions, [], piece.first_record, piece.records
+        )
+        rows.continues = continues
+        return rows
+
+
+def split_rows(plan: WindowPlan, max_rows: int) -> Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]:
+    """The row stage: every text into its windows, at most ``max_rows`` windows per piece."""
+
+    def stage(pieces: Iterator[CheckedRows]) -> Iterator[CheckedRows]:
+        for piece in pieces:
+            yield from _split_piece(plan, piece, max_rows)
+
+    return stage
+
+
+def _split_piece(plan: WindowPlan, piece: CheckedRows, max_rows: int) -> Iterator[WindowRows]:
+    short = [i for i, text in enumerate(piece.texts) if len(text) <= plan.piece_chars]
+    encoded = plan.tokenizer.encode_batch([piece.texts[i] for i in short], add_special_tokens=False)
+    encodings = dict(zip(short, encoded))
+    gathered, rejects = _Gathered(), piece.rejects
+    for row, text in enumerate(piece.texts):
+        for number, window in enumerate(text_windows(plan, text, encodings.pop(row, None))):
+            if len(gathered.rows) == max_rows:
+                out = gathered.rows_of(piece, plan.specials, continues=number > 0)
+                out.rejects, rejects = rejects, []
+                yield out
+                gathered = _Gathered()
+            gathered.add(row, number, window, text)
+    out = gathered.rows_of(piece, plan.specials, continues=False)
+    out.rejects = rejects
+    yield out
+
+
+# ---------------------------------------------------------------------------- chunk stage: tokens
+
+
+def tokenize_windows(plan: WindowPlan, embedder: Any, timers: dict[str, float]) -> Callable:
+    """The chunk stage: the model's input from the windows' own token ids, [CLS] + ids + [SEP]."""
+    import time
+
+    def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for chunk in chunks:
+            t = time.perf_counter()
+            if chunk.keep is not None and TOKEN_IDS in chunk.keep.column_names:
+                column = chunk.keep.column(TOKEN_IDS).combine_chunks()
+                chunk.keep = chunk.keep.drop_columns([TOKEN_IDS])
+                chunk.tokens = window_tokens(plan, embedder, column)
+            timers["read"] += time.perf_counter() - t
+            yield chunk
+
+    return stage
+
+
+def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> TokenizedChunk:
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy()
+    head, tail = len(plan.prefix), len(plan.suffix)
+    ids: list[np.ndarray] = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        row = np.empty(head + (b - a) + tail, dtype=np.int64)
+        row[:head] = plan.prefix
+        row[head : head + (b - a)] = values[a:b]
+        row[head + (b - a) :] = plan.suffix
+        ids.append(row)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    chunk = TokenizedChunk(ids, lengths, truncated=0)
+    for rows in plan_batches(lengths, embedder.batch_tokens, embedder.batch_size):
+        chunk.batches.append(pad_batch(ids, lengths, rows, embedder.pad_id))
+    return chunk
+
+
+# ---------------------------------------------------------------------------- record check: reject
+
+
+def reject_long(plan: WindowPlan, on_error: str) -> Callable[[RawRows, CheckedRows], CheckedRows]:
+    """--overflow reject: a text over --max-length tokens is a bad row, as --on-error says."""
+
+    def check(raw: RawRows, checked: CheckedRows) -> CheckedRows:
+        counts = token_counts(plan, checked.texts)
+        bad = [i for i, count in enumerate(counts) if count > plan.max_length]
+        if not bad:
+            return checked
+        rejects = [_reject(raw, checked, i, counts[i], plan.max_length) for i in bad]
+        if on_error == "fail":
+            raise BadRowError(f"bad row: {rejects[0].describe()} (use --on-error skip to set it aside)")
+        good = np.setdiff1d(np.arange(len(counts)), bad)
+        index = pa.array(good, pa.int64())
+        all_rejects = sorted([*checked.rejects, *rejects], key=_file_order)
+        return CheckedRows(
+            [checked.texts[i] for i in good],
+            checked.ids.take(index),
+            checked.keep.take(index) if checked.keep is not None else None,
+            checked.positions[good],
+            all_rejects,
+            checked.first_record,
+            checked.records,
+        )
+
+    return check
+
+
+def token_counts(plan: WindowPlan, texts: list[str]) -> list[int]:
+    """Tokens of each text with the special tokens; long texts counted piece by piece."""
+    short = [t for t in texts if len(t) <= plan.piece_chars]
+    lengths = iter(len(e.ids) for e in plan.tokenizer.encode_batch(short, add_special_tokens=False))
+    counts = []
+    for text in texts:
+        if len(text) <= plan.piece_chars:
+            counts.append(next(lengths) + plan.specials)
+        else:
+            counts.append(sum(len(ids) for ids, _ in text_pieces(plan, text)) + plan.specials)
+    return counts
+
+
+def _file_order(reject: Reject) -> int:
+    return reject.location if reject.location is not None else -1
+
+
+def _reject(raw: RawRows, checked: CheckedRows, i: int, count: int, max_length: int) -> Reject:
+    record = int(checked.positions[i]) - checked.first_record
+    kind = "line" if raw.file.format in ("jsonl", "txt") else "row"
+    line = raw.raw_lines[record] if raw.raw_lines is not None else checked.texts[i]
+    reason = f"text is {count} tokens, over --max-length {max_length} (--overflow reject)"
+    reject = Reject(raw.file.path, kind, raw.locations[record], reason, line)
+    reject.position = int(checked.positions[i])
+    return reject
+
+
+# ---------------------------------------------------------------------------- wiring
+
+
+def add_stages(stages: Any) -> None:
+    """Put --overflow's stages into a run's stage list (truncate adds none)."""
+    cfg, embedder = stages.cfg, stages.embedder
+    if cfg.overflow == "truncate" or embedder is None:
+        return
+    plan = plan_windows(cfg, embedder)
+    if cfg.overflow == "reject":
+        stages.record_checks.append(reject_long(plan, cfg.on_error))
+        return
+    stages.row_stages.append(split_rows(plan, cfg.chunk_size))
+    stages.chunk_stages = [tokenize_windows(plan, embedder, stages.timers)]
+    if cfg.overflow == "mean":
+        from .mean import MeanMerge
+
+        stages.model_stages.append(MeanMerge(embedder.normalize))
