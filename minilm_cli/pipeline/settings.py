@@ -72,7 +72,15 @@ def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | N
     else:
         id_field = pa.field("id", pa.int64())
     keep = {f.name: f for f in fields}
-    return pa.schema([id_field, *(keep[name] for name in cfg.keep_columns if name in keep)])
+    columns = [id_field, *(keep[name] for name in cfg.keep_columns if name in keep)]
+    if cfg.overflow == "split":  # each window's place in its document (pipeline/windows.py)
+        columns += [
+            pa.field("window", pa.int32()),
+            pa.field("char_start", pa.int64()),
+            pa.field("char_end", pa.int64()),
+            pa.field("tokens", pa.int32()),
+        ]
+    return pa.schema(columns)
 
 
 def check_config(cfg: EmbedConfig) -> None:
