@@ -44,7 +44,10 @@ def assert_error(result, code: int, *fragments: str) -> str:
 
 
 def parts(out: Path) -> list[str]:
-    return sorted(p.name for p in out.rglob("part-*"))
+    """The shard files a reader sees (not the hidden .minilm-keys/ beside them)."""
+    return sorted(
+        p.name for p in out.rglob("part-*") if not any(x.startswith(".") for x in p.relative_to(out).parts)
+    )
 
 
 # ---------------------------------------------------------------------------- inputs
