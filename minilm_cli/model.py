@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -385,12 +386,17 @@ class Embedder:
         return chunk
 
     @torch.inference_mode()
-    def run(self, chunk: TokenizedChunk) -> np.ndarray:
-        """Embed a tokenized chunk; rows come back in the chunk's input order."""
+    def run(self, chunk: TokenizedChunk, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed a tokenized chunk; rows come back in the chunk's input order. ``on_batch`` is
+        told the rows of each batch as it is queued (a progress bar that moves per batch)."""
         n = len(chunk.ids)
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        outputs = [self._run_batch(b.input_ids, b.attention_mask) for b in chunk.batches]
+        outputs = []
+        for b in chunk.batches:
+            outputs.append(self._run_batch(b.input_ids, b.attention_mask))
+            if on_batch is not None:
+                on_batch(len(b.rows))
         # One device-to-host copy per chunk: the GPU is never stalled per batch.
         stacked = torch.cat(outputs).to("cpu").numpy()
         order = np.concatenate([b.rows for b in chunk.batches])

@@ -170,3 +170,42 @@ def test_python_api_embeds_one_string_as_one_text(tiny_embedder) -> None:
         tiny_embedder.embed(["fine", None])
     with pytest.raises(TypeError, match="not bytes"):
         tiny_embedder.embed(b"raw bytes")
+
+
+def test_progress_moves_per_model_batch_with_a_total_for_parquet(
+    tmp_path, tiny_model_dir, monkeypatch
+) -> None:
+    """The bar (when stderr is a terminal) advances per model batch, and knows its total from
+    Parquet metadata; every row is counted exactly once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import minilm_cli.pipeline.run as run_module
+
+    texts = [" ".join(WORDS[i : i + 5]) for i in range(300)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet", row_group_size=100)
+    bars: list = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.total, self.updates = kwargs.get("total"), []
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def set_postfix_str(self, *args, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run_module, "tqdm", Recorder)
+    monkeypatch.setattr(run_module, "stderr_is_terminal", lambda: True)
+    args = ["--chunk-size", "150", "--batch-size", "16", *model_args(tiny_model_dir)]
+    result = cli(["embed", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 0, result.output
+    (bar,) = bars
+    assert bar.total == 300
+    assert sum(bar.updates) == 300
+    assert len([n for n in bar.updates if n]) >= 300 // 16  # per batch, not per 150-row chunk

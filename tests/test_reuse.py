@@ -17,9 +17,9 @@ def model_rows(monkeypatch):
     seen: list[int] = []
     real_run = Embedder.run
 
-    def run(self, chunk):
+    def run(self, chunk, **kw):
         seen.append(len(chunk.ids))
-        return real_run(self, chunk)
+        return real_run(self, chunk, **kw)
 
     monkeypatch.setattr(Embedder, "run", run)
     return seen

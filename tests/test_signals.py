@@ -233,12 +233,12 @@ def _signals_at(point: str, count: int, monkeypatch) -> None:
     def wrap(cls, name, when=lambda *a: True):
         real = getattr(cls, name)
 
-        def patched(self, *args):
+        def patched(self, *args, **kwargs):
             if when(self, *args):
                 reached.append(1)
                 if len(reached) == 3:
                     burst()
-            return real(self, *args)
+            return real(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, name, patched)
 

@@ -48,7 +48,11 @@ class LocalEngine:
         try:
             for chunk in reader:
                 t = time.perf_counter()
-                embedded = self.embedder.run(chunk.tokens) if chunk.tokens else empty(self.embedder.dim)
+                embedded = (
+                    self.embedder.run(chunk.tokens, on_batch=stages.on_batch)
+                    if chunk.tokens
+                    else empty(self.embedder.dim)
+                )
                 stages.timers["model"] += time.perf_counter() - t
                 yield chunk, embedded
         finally:

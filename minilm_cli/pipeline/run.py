@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..model import Embedder, cpu_has_native_bf16
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
+from ..sources.parquet import open_parquet
 from ..storage import storage_for
 from .engine import Engine, LocalEngine
 from .result import JobResult
@@ -39,6 +40,18 @@ class Plan:
     splits: list[Split]
     earlier: list[Split]  # splits of the parts before this one (their records number ours)
     schema: pa.Schema | None = None  # the id and kept columns' types, fixed before any row is read
+
+    def known_rows(self) -> int | None:
+        """This part's rows when the inputs say so without being read (Parquet metadata), for
+        a progress bar with a total and an ETA; None for text formats."""
+        if not self.splits or any(s.file.format != "parquet" for s in self.splits):
+            return None
+        total = 0
+        for split in self.splits:
+            with open_parquet(split.file) as pf:
+                groups = range(pf.num_row_groups) if split.kind == "whole" else range(split.start, split.end)
+                total += sum(pf.metadata.row_group(g).num_rows for g in groups)
+        return total
 
     def only(self, paths: list[str]) -> Plan:
         """The same run over some of its inputs (--append: the ones OUTPUT does not hold)."""
@@ -157,6 +170,8 @@ class Run:
         started = time.perf_counter()
         writer = Consumer(self._timed_write(write), "minilm-writer", on_error=self.guard.wake)
         progress = self._progress()
+        self._batched = 0
+        self.stages.on_batch = lambda rows: self._advance(progress, rows)
         embedded = self.engine.embedded_chunks(self.stages, first_row, first_record)
         chunks = self.stages.after_model(embedded)
         try:
@@ -183,11 +198,16 @@ class Run:
             self.record_end = chunk.record_end
             writer.put((chunk, embeddings))
             tokens += chunk.tokens.real_tokens if chunk.tokens else 0
-            progress.update(len(chunk))
+            progress.update(max(len(chunk) - self._batched, 0))  # rows copied, not batched
+            self._batched = 0
             if self.on_rows is not None:
                 self.on_rows(len(chunk))
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix_str(f"{rate:.0f} tokens/s", refresh=False)
+
+    def _advance(self, progress: tqdm, rows: int) -> None:
+        self._batched += rows
+        progress.update(rows)
 
     def _timed_write(self, write: Write) -> Callable[[tuple], None]:
         def timed(item: tuple) -> None:
@@ -202,10 +222,16 @@ class Run:
         return self.result
 
     def _progress(self) -> tqdm:
-        disable = self.cfg.quiet or not sys.stderr.isatty()
+        disable = self.cfg.quiet or not stderr_is_terminal()
+        total = None if disable else self.plan.known_rows()
         return tqdm(
-            total=None, unit=" rows", desc="embedding", file=sys.stderr, disable=disable, dynamic_ncols=True
+            total=total, unit=" rows", desc="embedding", file=sys.stderr, disable=disable, dynamic_ncols=True
         )
+
+
+def stderr_is_terminal() -> bool:
+    """No progress bar when stderr is a file or a pipe (logs stay clean)."""
+    return sys.stderr.isatty()
 
 
 def _close(chunks: Iterator) -> None:

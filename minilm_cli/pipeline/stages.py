@@ -48,6 +48,7 @@ class Stages:
     model_stages: list[ModelStage] = field(default_factory=list)
     reuse: object | None = None  # pipeline.reuse.ReuseIndex over the --reuse outputs
     input_records: list[dict] = field(default_factory=list)  # each split's [start, end) of records
+    on_batch: Callable[[int], None] | None = None  # told each model batch's rows (progress)
 
     def __post_init__(self) -> None:
         from .windows import add_stages
