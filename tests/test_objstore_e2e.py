@@ -298,7 +298,11 @@ def test_server_stopped_mid_run_is_one_line_exit_1_and_resume_completes(
     proc = _popen([big_corpus[0], "-o", out, *FAULT_PLAN, *model_args(tiny_model_dir)], _env())
     try:
         _wait_for(lambda: _markers(s3_server, s3_server.bucket, out_key), proc, "a shard marker")
-        s3_server.server.stop()  # the same in-process moto backend keeps the objects
+        # The server goes away: stop serving and close the listening socket (werkzeug's
+        # shutdown alone leaves it open, so requests would hang rather than be refused).
+        # moto's backend lives in this process, so the objects survive the restart below.
+        s3_server.server.stop()
+        s3_server.server._server.server_close()
         try:
             _, stderr = proc.communicate(timeout=240)
         finally:
@@ -386,3 +390,20 @@ def test_device_workers_get_the_storage_options(s3_server, s3_inputs, tiny_model
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
     assert_same_output(out, reference)
     assert json.loads(storage_for(out).read_bytes(out + "/manifest.json"))["status"] == "complete"
+
+
+def test_an_input_rewritten_in_place_is_noticed_by_its_etag(s3_server, tiny_model_dir):
+    """Same size, same second: only the ETag tells; --resume refuses, --append re-embeds it."""
+    bucket = s3_server.new_bucket()
+    url = put(s3_server, "in/a.txt", b"alpha\nbeta\n", bucket)
+    out = f"s3://{bucket}/out"
+    assert cli(["embed", url, "-o", out, *embed_args(tiny_model_dir)]).exit_code == 0
+    before = Manifest.load(out + "/manifest.json").doc["inputs"][0]
+    put(s3_server, "in/a.txt", b"gamma\ndelta\n"[:11], bucket)  # 11 bytes again
+    resumed = cli(["embed", url, "-o", out, "--resume", *embed_args(tiny_model_dir)])
+    assert resumed.exit_code == 3, resumed.output
+    appended = cli(["embed", url, "-o", out, "--append", *embed_args(tiny_model_dir)])
+    assert appended.exit_code == 0, appended.output
+    after = Manifest.load(out + "/manifest.json").doc["inputs"][0]
+    assert after["size"] == before["size"] and after["etag"] != before["etag"]
+    assert minilm_cli.open_dataset(out).count_rows() == 2

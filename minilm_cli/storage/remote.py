@@ -339,6 +339,15 @@ class UploadStream(io.RawIOBase):
         finally:
             super().close()
 
+    def __del__(self) -> None:
+        """Garbage-collected without commit or discard (a run that failed, or is exiting):
+        upload nothing. Closing here would push the buffered part, and with the store down
+        that is minutes of retries after the error line, at exit."""
+        with contextlib.suppress(Exception):
+            self.f.closed = True  # the S3File's own finaliser then does nothing either
+        with contextlib.suppress(Exception):
+            io.RawIOBase.close(self)
+
 
 class FsspecPendingFile:
     """S3: a multipart upload to the final key, completed on commit, aborted on discard."""
