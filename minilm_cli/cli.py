@@ -38,7 +38,10 @@ def one_line(message: str) -> str:
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"minilm: error: {one_line(message)}", err=True)
+    from .storage import redact, storage_options
+
+    # never a secret: storage-option values, credential variables, URL user info
+    click.echo(f"minilm: error: {one_line(redact(message, storage_options()))}", err=True)
     sys.exit(int(code))
 
 
@@ -140,6 +143,39 @@ def _check_output(ctx: click.Context, param: click.Parameter, value: str | None)
             "is empty (an unset variable?): name a directory, or - for stdout", ctx, param
         )
     return value
+
+
+def storage_option(fn: Callable) -> Callable:
+    """``--storage-option KEY=VALUE`` (repeatable; never from the environment: credentials come
+    from the store's usual variables), passed to every object-store file system."""
+    return click.option(
+        "--storage-option",
+        "storage_option",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Passed to the object store's file system (repeatable), e.g. endpoint_url=http://minio:9000, "
+        "anon=true, client_kwargs.region_name=eu-west-1. Values are never printed or stored.",
+    )(fn)
+
+
+def _configure_storage(items: tuple[str, ...]) -> None:
+    from .storage import configure_storage, parse_storage_options
+
+    configure_storage(parse_storage_options(items))
+
+
+def _existing_output(output: str) -> None:
+    """OUTPUT must exist: a local directory (click's own check, exit 2), or a prefix with
+    objects under it on a store (checked through the storage, after --storage-option)."""
+    from .storage import is_remote, redact_url, storage_for
+
+    ctx = click.get_current_context()
+    param = next(p for p in ctx.command.params if p.name == "output")
+    if not is_remote(output):
+        click.Path(file_okay=False, exists=True).convert(output, param, ctx)
+        return
+    if not storage_for(output).is_dir(output):
+        raise click.BadParameter(f"Directory '{redact_url(output)}' does not exist.", ctx, param)
 
 
 class OneLineErrors(click.Group):
@@ -385,6 +421,7 @@ def main() -> None:
     default=None,
     help="Ray engine: GPUs per actor (e.g. 0.5 packs two per GPU).",
 )
+@storage_option
 @click.option(
     "-q",
     "--quiet",
@@ -404,6 +441,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
     from .sources import parse_column_types
     from .workers import parse_devices, run_on_devices
 
+    _configure_storage(opts["storage_option"])
     num_shards, shard_index = shard_from_env(opts["num_shards"], opts["shard_index"])
     cfg = EmbedConfig(
         inputs=list(inputs),
@@ -460,12 +498,16 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("output", type=click.Path(file_okay=False, exists=True), callback=_check_output)
+@click.argument("output", callback=_check_output)
+@storage_option
 @handle_errors
-def verify(output: str) -> None:
+def verify(output: str, storage_option: tuple[str, ...]) -> None:
     """Check OUTPUT against its manifest: every shard present, checksums, row counts, dim,
     no NaN/Inf, unique ids. Exit 0 when sound, 4 with a report when not."""
     from .output import verify_output
+
+    _configure_storage(storage_option)
+    _existing_output(output)
 
     report = verify_output(output)
     click.echo(report.text())
@@ -474,21 +516,26 @@ def verify(output: str) -> None:
 
 
 @main.command("merge-manifests", context_settings=CONTEXT)
-@click.argument("output", type=click.Path(file_okay=False, exists=True), callback=_check_output)
+@click.argument("output", callback=_check_output)
+@storage_option
 @handle_errors
-def merge_manifests_command(output: str) -> None:
+def merge_manifests_command(output: str, storage_option: tuple[str, ...]) -> None:
     """Check that the manifest parts of a sharded run (manifest-I-of-N.json) cover the whole
     input once, share their settings, are complete and have every listed file, then write one
     OUTPUT/manifest.json. Exit 4 when not."""
     from .output import merge_manifests
+    from .storage import redact_url
+
+    _configure_storage(storage_option)
+    _existing_output(output)
 
     path, problems = merge_manifests(output)
     if problems:
-        click.echo(f"cannot merge {output}: {len(problems)} problem(s):", err=True)
+        click.echo(f"cannot merge {redact_url(output)}: {len(problems)} problem(s):", err=True)
         for problem in problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(int(ExitCode.VERIFY_FAILED))
-    click.echo(f"merged into {path}", err=True)
+    click.echo(f"merged into {redact_url(path)}", err=True)
 
 
 @main.command(context_settings=CONTEXT)
@@ -498,10 +545,15 @@ def merge_manifests_command(output: str) -> None:
     "--precision", envvar="MINILM_PRECISION", default="auto", show_default=True, help="As for embed."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@storage_option
 @handle_errors
-def info(model: str | None, device: str, precision: str, as_json: bool) -> None:
+def info(
+    model: str | None, device: str, precision: str, as_json: bool, storage_option: tuple[str, ...]
+) -> None:
     """The model, its dim, max length and pooling, the device and precision auto picks, and versions."""
     from .model import Embedder
+
+    _configure_storage(storage_option)  # checked like embed's; its values are never shown
 
     embedder = Embedder(model=model, device=device, precision=precision)
     data = embedder.info()

@@ -27,6 +27,7 @@ from .errors import InputError
 from .pipeline import JobResult, build_embedder, run_job
 from .pipeline.engine import embedder_runtime
 from .sources import CheckedRows, InputFile, RawRows, check_rows, check_text, resolve_inputs
+from .storage import arrow_filesystem, is_remote
 
 # Reading is light next to embedding: a quarter CPU per read task leaves the rest to the actors.
 READ_TASK = {"num_cpus": 0.25}
@@ -114,20 +115,25 @@ def read_inputs(cfg: EmbedConfig) -> Any:
         raise InputError("--engine ray reads files of one format (not stdin); run one job per format")
     (fmt,) = formats
     paths = [f.path for f in files]
+    where: dict[str, Any] = {"ray_remote_args": READ_TASK}
+    if any(is_remote(p) for p in paths):
+        # an object store: Ray's read tasks get its pyarrow file system, built from the same
+        # --storage-option values (pickled with it), and the store's own names for the files
+        where["filesystem"], paths = arrow_filesystem(paths)
     if fmt == "txt":
-        ds = ray.data.read_text(paths, ray_remote_args=READ_TASK)
+        ds = ray.data.read_text(paths, **where)
         if cfg.text_column != "text":
             ds = ds.rename_columns({"text": cfg.text_column})
         return ds
     if fmt in ("csv", "tsv"):
-        return _read_delimited(ray, files, fmt)
+        return _read_delimited(ray, files, fmt, paths, where)
     if fmt == "jsonl":
-        return ray.data.read_json(paths, lines=True, ray_remote_args=READ_TASK)
+        return ray.data.read_json(paths, lines=True, **where)
     columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + list(cfg.keep_columns)
-    return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)), ray_remote_args=READ_TASK)
+    return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)), **where)
 
 
-def _read_delimited(ray: Any, files: list[InputFile], fmt: str) -> Any:
+def _read_delimited(ray: Any, files: list[InputFile], fmt: str, paths: list[str], where: dict) -> Any:
     """CSV/TSV values as the text written, as the local engine reads them: every column a
     string (nothing inferred), and TSV without quote processing."""
     import pyarrow.csv as pa_csv
@@ -143,9 +149,7 @@ def _read_delimited(ray: Any, files: list[InputFile], fmt: str) -> Any:
     convert = pa_csv.ConvertOptions(
         column_types={name: pa.string() for name in names}, strings_can_be_null=False
     )
-    return ray.data.read_csv(
-        [f.path for f in files], parse_options=parse, convert_options=convert, ray_remote_args=READ_TASK
-    )
+    return ray.data.read_csv(paths, parse_options=parse, convert_options=convert, **where)
 
 
 def run_ray_job(

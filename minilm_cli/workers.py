@@ -8,11 +8,11 @@ shard index per device, each in its own process, then merges the manifest parts.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -21,7 +21,7 @@ from .config import EmbedConfig
 from .errors import ExitCode, InputError, Interrupted, MinilmError, OutputConflict
 from .model import usable_cpus
 from .output import merge_manifests
-from .storage import storage_for
+from .storage import redact, redact_url, storage_for, storage_options
 
 
 def parse_devices(spec: str) -> list[str] | None:
@@ -46,7 +46,7 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
         )
     if cfg.to_stdout:
         raise InputError("several devices need a directory OUTPUT, not -o -")
-    merged = str(Path(cfg.output) / "manifest.json")
+    merged = os.path.join(cfg.output, "manifest.json")
     storage = storage_for(cfg.output)
     if cfg.overwrite and storage.exists(merged):
         storage.remove(merged)  # the workers replace their parts; the merged list would be stale
@@ -58,7 +58,12 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
         worker_cfg = replace(
             cfg, device=device, num_shards=len(devices), shard_index=index, quiet=True, threads=threads
         )
-        proc = ctx.Process(target=_worker, args=(worker_cfg, events), name=f"minilm-{device}", daemon=False)
+        proc = ctx.Process(
+            target=_worker,
+            args=(worker_cfg, events, storage_options()),  # --storage-option, for the spawned child
+            name=f"minilm-{device}",
+            daemon=False,
+        )
         proc.start()
         procs.append(proc)
     failures = _watch(procs, events, cfg.quiet)
@@ -68,7 +73,7 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     path, problems = merge_manifests(cfg.output)
     if problems:
         raise OutputConflict("workers finished but their manifests do not merge: " + "; ".join(problems[:3]))
-    return {"manifest": str(path), "workers": len(devices)}
+    return {"manifest": redact_url(path), "workers": len(devices)}
 
 
 def _watch(procs: list, events: Any, quiet: bool) -> list[tuple[int, str]]:
@@ -129,15 +134,14 @@ def _watch(procs: list, events: Any, quiet: bool) -> list[tuple[int, str]]:
 
 
 def _interrupt(proc: Any) -> None:
-    import os
-
     os.kill(proc.pid, signal.SIGINT)
 
 
-def _worker(cfg: EmbedConfig, events: Any) -> None:
-    import os
-
+def _worker(cfg: EmbedConfig, events: Any, options: dict[str, Any] | None = None) -> None:
     from .pipeline import run_job
+    from .storage import configure_storage
+
+    configure_storage(options)  # a spawned process starts without the parent's --storage-option
 
     # Out of the terminal's process group: Ctrl-C reaches the parent alone, which stops each
     # worker exactly once (a worker signalled twice would stop less cleanly).
@@ -152,7 +156,10 @@ def _worker(cfg: EmbedConfig, events: Any) -> None:
     except KeyboardInterrupt:
         error = (int(ExitCode.INTERRUPTED_SIGINT), f"{cfg.device}: interrupted")
     except Exception as exc:  # noqa: BLE001 - reported by the parent as one line
-        error = (int(ExitCode.RUNTIME_FAILURE), f"{cfg.device}: {type(exc).__name__}: {exc}")
+        error = (
+            int(ExitCode.RUNTIME_FAILURE),
+            f"{cfg.device}: {type(exc).__name__}: {redact(str(exc), options)}",
+        )
     if error is not None:
         events.put(("error", error))
         events.close()

@@ -44,3 +44,8 @@ def real_model_dir() -> str:
 @pytest.fixture(scope="session")
 def sample_texts() -> list[str]:
     return [line for line in (SAMPLE / "glosses.txt").read_text(encoding="utf-8").splitlines() if line]
+
+
+# The moto S3 server on loopback, for every test module that asks for it. Lazy: a session
+# fixture starts only when a test requests ``s3_server``.
+from s3_server import s3_server  # noqa: E402, F401

@@ -13,7 +13,6 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from s3_server import s3_server  # noqa: F401  (session fixture; hoisted to conftest at merge)
 
 from minilm_cli.errors import ExitCode, InputError, MinilmError, OutputConflict
 from minilm_cli.storage import (

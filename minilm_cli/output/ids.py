@@ -144,10 +144,12 @@ def count_duplicate_ids(root: str | os.PathLike) -> int:
 
     from .merge import finished_files
 
-    scan = DuplicateScan()
+    storage = storage_for(os.fspath(root))
+    scan = DuplicateScan(storage)
     try:
         for path in finished_files(root):
-            scan.add(pq.read_table(path, columns=["id"]).column("id"))
+            with storage.open_read(path) as f:
+                scan.add(pq.read_table(f, columns=["id"]).column("id"))
         return scan.repeats().total
     finally:
         scan.close()

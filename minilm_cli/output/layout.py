@@ -77,7 +77,7 @@ class Layout:
         return os.path.join(self.root, rel)
 
     def rel(self, path: str) -> str:
-        return os.path.relpath(path, self.root)
+        return relative(path, self.root)
 
     def shard_name(self, index: int) -> str:
         return f"{self.prefix}{index:05d}"
@@ -110,6 +110,18 @@ class Layout:
             return False
         inner = name[1 : -len(TMP_SUFFIX)]
         return self.own_index(inner) is not None or inner == self.manifest_name
+
+
+def relative(path: str, root: str) -> str:
+    """``path`` relative to ``root``: ``os.path.relpath`` for local paths; for URLs
+    (``s3://b/out/x``) the part after the root's prefix (relpath would make them absolute
+    local paths, and normalise ``s3://`` to ``s3:/``)."""
+    if "://" not in path and "://" not in root:
+        return os.path.relpath(path, root)
+    base = root.rstrip("/") + "/"
+    if path.startswith(base):
+        return path[len(base) :]
+    return path
 
 
 def shard_folders(root: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputConflict
-from ..storage import Storage, storage_for
+from ..storage import Storage, arrow_filesystem, storage_for
 from .layout import Layout
 from .manifest import Manifest, ManifestError, find_manifests, first_difference, manifest_parts
 
@@ -47,12 +47,13 @@ def settings_mix_problems(named: list[tuple[str, dict]]) -> list[str]:
     return problems
 
 
-def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
+def finished_files(root: str | Path, role: str | None = None) -> list[str]:
     """The files of finished shards, in order, as every manifest part under ``root`` lists them.
 
     ``role``: "data" (parquet layout), "embeddings" / "metadata" (npy layout), "rejects".
     Default: the table files, "data" or "metadata". Raises OutputConflict when a listed
     file is missing or not the size the manifest recorded: rows would silently be lost.
+    Paths are strings: local paths, or URLs on an object store (``s3://bucket/out/...``).
     """
     root = os.fspath(root)
     paths = []
@@ -71,15 +72,17 @@ def finished_files(root: str | Path, role: str | None = None) -> list[Path]:
             files = shard["files"]
             wanted = role or ("data" if "data" in files else "metadata")
             if wanted in files:
-                paths.append(Path(root) / files[wanted]["path"])
+                paths.append(os.path.join(root, files[wanted]["path"]))
     return paths
 
 
 def open_dataset(root: str | Path) -> Any:
-    """A pyarrow Dataset over the finished shards only (ids, embeddings or metadata, kept columns)."""
+    """A pyarrow Dataset over the finished shards only (ids, embeddings or metadata, kept columns).
+    ``root`` may be an object-store URL: the files are read through its pyarrow file system."""
     import pyarrow.dataset as ds
 
-    return ds.dataset([str(p) for p in finished_files(root)], format="parquet")
+    filesystem, paths = arrow_filesystem(finished_files(root))
+    return ds.dataset(paths, format="parquet", filesystem=filesystem)
 
 
 def load_parts(root: str) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -96,14 +99,14 @@ def load_parts(root: str) -> tuple[list[tuple[str, dict]], list[str]]:
     return named, problems
 
 
-def merge_manifests(root: str | Path) -> tuple[Path, list[str]]:
+def merge_manifests(root: str | Path) -> tuple[str, list[str]]:
     """Check that the parts of a sharded run tile the input, share their settings, are
     complete and their files are all there; if so, write one OUTPUT/manifest.json listing
     every shard. Returns (path, problems)."""
     from ..sharding import coverage_problems
 
     root = os.fspath(root)
-    target = Path(root) / "manifest.json"
+    target = os.path.join(root, "manifest.json")
     if not manifest_parts(root):
         raise OutputConflict(f"{root} holds no manifest-*-of-*.json parts to merge")
     named, problems = load_parts(root)

@@ -12,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ExitCode, MinilmError
-from ..storage import Storage, storage_for
+from ..storage import Storage, redact_url, storage_for
 from .ids import DuplicateScan
+from .layout import relative as layout_rel
 from .layout import shard_folders
 from .manifest import Manifest, ManifestError, find_manifests, layout_of
 from .merge import settings_mix_problems
@@ -22,7 +23,7 @@ from .writers import sha256_of
 
 @dataclass
 class VerifyReport:
-    root: Path
+    root: str  # a local path, or a URL without credentials
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     shards: int = 0
@@ -59,7 +60,7 @@ class _Verifier:
     def __init__(self, root: str, storage: Storage) -> None:
         self.root = root
         self.storage = storage
-        self.report = VerifyReport(Path(root))
+        self.report = VerifyReport(redact_url(root))
         self.scan = DuplicateScan(storage)
         self.seen: list[_Shard] = []
         self.listed: set[str] = set()
@@ -241,7 +242,7 @@ class _Verifier:
     def orphans(self) -> None:
         for folder in shard_folders(self.root):
             for name in self.storage.list_dir(folder):
-                rel = os.path.relpath(os.path.join(folder, name), self.root)
+                rel = layout_rel(os.path.join(folder, name), self.root)
                 if name.startswith("part-") and rel not in self.listed:
                     self.report.problems.append(f"{rel} is not listed in any manifest")
 
@@ -265,7 +266,7 @@ def verify_output(root: str | Path) -> VerifyReport:
     manifests = find_manifests(root, storage)
     if not manifests:
         raise MinilmError(
-            f"{root} holds no manifest.json: not a minilm output, or its manifest was deleted",
+            f"{redact_url(root)} holds no manifest.json: not a minilm output, or its manifest was deleted",
             ExitCode.VERIFY_FAILED,
         )
     return _Verifier(root, storage).run(manifests)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..output import Manifest, find_manifests
-from ..storage import storage_for
+from ..storage import is_remote, storage_for
 
 ENTRY = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("src", "<u4"), ("row", "<u4")])
 BUCKETS = 256
@@ -116,7 +116,9 @@ class ReuseIndex:
         if fmt == "npy":
             if src not in self._arrays:
                 path = os.path.join(root, files["embeddings"]["path"])
-                self._arrays = {src: np.load(path, mmap_mode="r")}  # one shard mapped at a time
+                # one shard mapped at a time; on an object store, read whole (no mmap there)
+                array = _load_npy(path) if is_remote(path) else np.load(path, mmap_mode="r")
+                self._arrays = {src: array}
             return np.asarray(self._arrays[src][row], dtype=np.float32)
         start, block = self._groups.get(src, (-1, None))
         if block is None or not start <= row < start + len(block):
@@ -131,7 +133,11 @@ class ReuseIndex:
 
 def _row_group_of(path: str, row: int) -> tuple[int, np.ndarray]:
     """(first row, embeddings) of the row group of a Parquet shard that holds ``row``."""
-    pf = pq.ParquetFile(path)
+    with storage_for(path).open_read(path) as f:
+        return _row_group_in(pq.ParquetFile(f), path, row)
+
+
+def _row_group_in(pf: pq.ParquetFile, path: str, row: int) -> tuple[int, np.ndarray]:
     start = 0
     for g in range(pf.num_row_groups):
         n = pf.metadata.row_group(g).num_rows

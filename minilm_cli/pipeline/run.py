@@ -55,8 +55,11 @@ class Plan:
 
     def only(self, paths: list[str]) -> Plan:
         """The same run over some of its inputs (--append: the ones OUTPUT does not hold)."""
-        wanted = set(paths)
-        return Plan(self.files, [s for s in self.splits if s.file.path in wanted], [], self.schema)
+        from ..storage import redact_url
+
+        wanted = set(paths)  # as the manifest records them: URLs without credentials
+        splits = [s for s in self.splits if redact_url(s.file.path) in wanted]
+        return Plan(self.files, splits, [], self.schema)
 
     def record_start(self, cfg: EmbedConfig) -> int:
         """Default ids number rows over all inputs: count what the parts before this one hold."""

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 
 from ..errors import InputError
-from ..storage import storage_for
+from ..storage import is_remote, storage_for
 from .rows import FORMATS, InputFile
 
 EXTENSIONS = {
@@ -166,4 +166,5 @@ def _describe(path: str, input_format: str | None) -> InputFile:
     info = storage_for(path).info(path)
     if info is None:
         raise InputError(f"input not found: {path}")
-    return InputFile(path, fmt, compression, info.size, info.mtime_ns)
+    remote = is_remote(path)
+    return InputFile(path, fmt, compression, info.size, info.mtime_ns, info.fingerprint if remote else None)

@@ -48,7 +48,7 @@ def read_file(
 def _read_stream(
     f: InputFile, columns: Columns, schema: pa.Schema, block_rows: int, encoding_errors: str
 ) -> Iterator[RawRows]:
-    stream = open_binary(f)
+    stream = open_binary(f, prefetch=True)
     try:
         if f.format in ("csv", "tsv"):
             yield from read_delimited(f, stream, columns, schema, block_rows, encoding_errors)

@@ -26,19 +26,28 @@ class InputFile:
     compression: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
+    #: The store's version tag (``etag:...``) for object-store inputs; None for local files.
+    etag: str | None = None
 
     @property
     def is_stdin(self) -> bool:
         return self.path == "-"
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
+        """What the manifest records (the URL without credentials) and a resumed or appended
+        run compares: an object rewritten in the same second with the same size has a new ETag."""
+        from ..storage import redact_url
+
+        out: dict[str, Any] = {
+            "path": redact_url(self.path),
             "format": self.format,
             "compression": self.compression,
             "size": self.size,
             "mtime_ns": self.mtime_ns,
         }
+        if self.etag is not None:
+            out["etag"] = self.etag
+        return out
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,10 @@ class Split:
     extent: int = 0  # the file's bytes, or its row groups: what the splits of a file must tile
 
     def to_json(self) -> dict[str, Any]:
+        from ..storage import redact_url
+
         return {
-            "path": self.file.path,
+            "path": redact_url(self.file.path),
             "kind": self.kind,
             "start": self.start,
             "end": self.end,

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from ..storage import storage_for
+from ..storage import open_sequential, storage_for
 from .rows import InputFile
 
 READ_BLOCK_BYTES = 1 << 20
@@ -24,11 +24,12 @@ BOM = b"\xef\xbb\xbf"
 _STDIN: list[Any] = []  # the one peekable stdin of this process (schema sampling peeks at it)
 
 
-def open_binary(f: InputFile) -> IO[bytes]:
-    """The input's bytes, decompressed."""
+def open_binary(f: InputFile, prefetch: bool = False) -> IO[bytes]:
+    """The input's bytes, decompressed. ``prefetch``: the whole file is read front to back,
+    so on an object store blocks are fetched ahead in a thread (``open_sequential``)."""
     if f.is_stdin:
         return stdin_stream()
-    raw = storage_for(f.path).open_read(f.path)
+    raw = open_sequential(f.path) if prefetch else storage_for(f.path).open_read(f.path)
     if f.compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if f.compression == "bz2":

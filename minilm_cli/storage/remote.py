@@ -339,6 +339,15 @@ class UploadStream(io.RawIOBase):
         finally:
             super().close()
 
+    def __del__(self) -> None:
+        """Garbage-collected without commit or discard (a run that failed, or is exiting):
+        upload nothing. Closing here would push the buffered part, and with the store down
+        that is minutes of retries after the error line, at exit."""
+        with contextlib.suppress(Exception):
+            self.f.closed = True  # the S3File's own finaliser then does nothing either
+        with contextlib.suppress(Exception):
+            io.RawIOBase.close(self)
+
 
 class FsspecPendingFile:
     """S3: a multipart upload to the final key, completed on commit, aborted on discard."""
@@ -450,6 +459,8 @@ class LeaseLock:
             if replaced:
                 self.etag = replaced
                 if st.native_conditional or self._still_ours():
+                    # a dead run's unfinished multipart uploads under OUTPUT are ours to abort
+                    st.abort_uploads(_parent(self.path))
                     return
                 break
         raise OutputConflict(f"OUTPUT {redact_url(_parent(self.path))} is being taken by another run")
@@ -775,6 +786,24 @@ class FsspecStorage:
                 return None
             self.write_atomic(path, data)
             return self.etag(path)
+
+    def abort_uploads(self, prefix: str) -> int:
+        """S3: abort the incomplete multipart uploads under ``prefix`` (a killed run's shard
+        going up: invisible, but stored and billed until aborted). Only called by a run that
+        has just taken over a dead run's lease, so none of them is a live writer's."""
+        if not self.is_s3:
+            return 0
+        bucket, _, key = self.key(prefix).partition("/")
+        key = key.rstrip("/") + "/"
+        aborted = 0
+        with contextlib.suppress(Exception):  # best effort: the shard objects never appeared
+            listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+            for upload in listed.get("Uploads", []):
+                self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted
 
     # -- the lock
 
