@@ -53,20 +53,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import os
-import re
-import socket
 import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
-from ..errors import InputError, MinilmError, OutputConflict
+from ..errors import InputError, MinilmError
 from .base import FileInfo
+from .lease import LEASE_TTL_S, LeaseLock, lease_is_stale
+from .secrets import parse_storage_options, redact, redact_url, scheme_of
+from .store_errors import error_code, translate
+from .uploads import FsspecPendingFile, SpooledPendingFile
 
 #: Which package serves each scheme, and the extra (or package) that installs it.
 EXTRAS: dict[str, tuple[str, str]] = {
@@ -83,199 +82,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 READ_ONLY = {"http", "https"}
 S3_SCHEMES = {"s3", "s3a"}
-PART_SIZE = 8 * 2**20  # S3 multipart part size: memory held per open shard
 READ_BLOCK = 4 * 2**20  # read-ahead block for open_read
-SPOOL_MEMORY = 16 * 2**20  # non-S3 uploads: kept in memory up to this, then on local disk
-LEASE_TTL_S = 60.0
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_SENSITIVE_NAME = re.compile(r"(sig|token|key|secret|pass|credential|auth|session)", re.I)
-_KEY_ID = re.compile(r"\b(AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
-_SECRET_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "GOOGLE_OAUTH_ACCESS_TOKEN",
-)
-
-
-def scheme_of(location: str | os.PathLike[str] | None) -> str | None:
-    """The URL scheme (lower case), or None for a plain path."""
-    if location is None:
-        return None
-    m = _SCHEME.match(os.fspath(location))
-    return m.group(1).lower() if m else None
-
-
-# -- secrets
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info and with credential-like query values replaced by ***."""
-    url = os.fspath(url)
-    m = _SCHEME.match(url)
-    if not m:
-        return url
-    rest = url[m.end() :]
-    before_query = rest.split("?", 1)[0]
-    userinfo, at, _ = before_query.rpartition("@")
-    # user:password@host (a password may hold an unencoded '/'); hf://repo@revision is no user info
-    if at and (":" in userinfo or "/" not in userinfo):
-        rest = "***@" + rest[len(userinfo) + 1 :]
-    netloc, slash, path = rest.partition("/")
-    path, q, query = path.partition("?")
-    if q:
-        parts = []
-        for item in query.split("&"):
-            name, eq, _ = item.partition("=")
-            parts.append(f"{name}=***" if eq and _SENSITIVE_NAME.search(name) else item)
-        query = "&".join(parts)
-    return f"{m.group(0)}{netloc}{slash}{path}{q}{query}"
-
-
-def _secret_values(options: dict[str, Any] | None) -> list[str]:
-    values: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, str) and len(v) >= 4:
-            values.append(v)
-
-    walk(options or {})
-    values += [os.environ[n] for n in _SECRET_ENV if len(os.environ.get(n, "")) >= 4]
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: str, options: dict[str, Any] | None = None) -> str:
-    """``text`` with every storage-option value, secret environment value, URL credential
-    and AWS key id replaced by ***."""
-    for value in _secret_values(options):
-        text = text.replace(value, "***")
-    text = _KEY_ID.sub("***", text)
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), text)
-
-
-# -- options
-
-
-def parse_storage_options(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
-    """``--storage-option KEY=VALUE`` (repeatable) as fsspec keyword arguments.
-
-    true/false become booleans, integers and floats numbers, everything else stays text.
-    A dotted key nests: ``client_kwargs.region_name=eu-west-1``. Errors name the key,
-    never the value (it may be a secret).
-    """
-    out: dict[str, Any] = {}
-    for item in items or ():
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            shown = key if eq else "(no '=')"
-            raise InputError(f"--storage-option expects KEY=VALUE, got {shown!s}")
-        target = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            nested = target.setdefault(p, {})
-            if not isinstance(nested, dict):
-                raise InputError(f"--storage-option {key}: {p} is given both as a value and as a group")
-            target = nested
-        target[leaf] = _parse_value(raw)
-    return out
-
-
-def _parse_value(raw: str) -> Any:
-    low = raw.strip().lower()
-    if low in ("true", "yes"):
-        return True
-    if low in ("false", "no"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-# -- errors
-
-
-def _error_code(exc: BaseException) -> str | None:
-    """The store's error code (``NoSuchBucket``, ``AccessDenied``...) behind ``exc``, if any."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            if code:
-                return str(code)
-        e = e.__cause__ or e.__context__
-    return None
-
-
-_CREDENTIAL_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "AllAccessDisabled",
-    "403",
-}
-
-
-def translate(exc: BaseException, url: str, options: dict[str, Any] | None = None) -> BaseException:
-    """One line the CLI can print for a store error: InputError (exit 2) for what the user must
-    fix (credentials, bucket, missing extra), MinilmError (exit 1) for the store failing.
-    FileNotFoundError for a missing object passes through (callers decide what that means)."""
-    if isinstance(exc, MinilmError):
-        return exc
-    where = redact_url(url)
-    code = _error_code(exc)
-    if code in _CREDENTIAL_CODES or (code is None and isinstance(exc, PermissionError)):
-        return InputError(
-            f"access denied to {where}: check the credentials (environment, profile or "
-            f"--storage-option) [{code or 'PermissionError'}]"
-        )
-    if code == "NoSuchBucket":
-        return InputError(f"bucket not found: {_bucket_url(url)}")
-    if code is None and _chain_has(exc, ("NoCredentialsError", "PartialCredentialsError")):
-        return InputError(f"no credentials found for {where}: set them in the environment or a profile")
-    if isinstance(exc, FileNotFoundError):
-        return exc
-    detail = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, options)
-    return MinilmError(f"storage error on {where}: {type(exc).__name__}: {detail}")
-
-
-def _chain_has(exc: BaseException, names: tuple[str, ...]) -> bool:
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__name__ in names:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def _bucket_url(url: str) -> str:
-    m = _SCHEME.match(url)
-    if not m:
-        return url
-    return m.group(0) + url[m.end() :].split("/", 1)[0]
-
-
-# -- the file system
-
 
 _FS_CACHE: dict[tuple[str, str, int], Any] = {}
 _FS_CACHE_LOCK = threading.Lock()
@@ -303,230 +110,6 @@ def filesystem(scheme: str, options: dict[str, Any]) -> Any:
             raise InputError(f"bad --storage-option for {scheme}://: {redact(str(exc), options)}") from None
         _FS_CACHE[key] = fs
         return fs
-
-
-class UploadStream(io.RawIOBase):
-    """The write side of a multipart upload. Store failures during ``write`` (a part going up)
-    surface as the same one-line errors as everywhere else. Closing uploads the last part but
-    completes nothing: only ``FsspecPendingFile.commit`` makes the object appear."""
-
-    def __init__(self, storage: FsspecStorage, path: str, f: Any) -> None:
-        super().__init__()
-        self.storage, self.path, self.f = storage, path, f
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:  # type: ignore[override]
-        with self.storage.errors(self.path):
-            return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def flush(self) -> None:
-        if not self.f.closed:
-            with self.storage.errors(self.path):
-                self.f.flush()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            if not self.f.closed:
-                with self.storage.errors(self.path):
-                    self.f.close()  # the last part goes up; without autocommit nothing appears
-        finally:
-            super().close()
-
-    def __del__(self) -> None:
-        """Garbage-collected without commit or discard (a run that failed, or is exiting):
-        upload nothing. Closing here would push the buffered part, and with the store down
-        that is minutes of retries after the error line, at exit."""
-        with contextlib.suppress(Exception):
-            self.f.closed = True  # the S3File's own finaliser then does nothing either
-        with contextlib.suppress(Exception):
-            io.RawIOBase.close(self)
-
-
-class FsspecPendingFile:
-    """S3: a multipart upload to the final key, completed on commit, aborted on discard."""
-
-    def __init__(self, storage: FsspecStorage, path: str) -> None:
-        self.path = path
-        self.storage = storage
-        with storage.errors(path):
-            self.upload: Any = storage.fs.open(
-                storage.key(path), "wb", autocommit=False, block_size=PART_SIZE
-            )
-        self.stream: IO[bytes] = UploadStream(storage, path, self.upload)  # type: ignore[assignment]
-        self.done = False
-
-    def commit(self) -> None:
-        if self.done:
-            raise ValueError(f"{self.path}: already committed or discarded")
-        self.stream.close()
-        with self.storage.errors(self.path):
-            self.upload.commit()  # completes the multipart upload: the whole object appears now
-        self.done = True
-
-    def discard(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        try:
-            self.upload.discard()  # aborts the multipart upload: no object, no pending parts
-        except Exception:  # noqa: BLE001 - discarding after a failure must not fail again
-            pass
-        self.upload.closed = True  # its buffer is gone: closing again must not try to upload
-        with contextlib.suppress(Exception):
-            self.stream.close()
-
-
-class SpooledPendingFile:
-    """Other stores: bytes spooled locally, uploaded in one call on commit."""
-
-    def __init__(self, storage: FsspecStorage, path: str) -> None:
-        self.path = path
-        self.storage = storage
-        self.stream: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # type: ignore[assignment]
-        self.done = False
-
-    def commit(self) -> None:
-        if self.done:
-            raise ValueError(f"{self.path}: already committed or discarded")
-        spool: Any = self.stream
-        spool.flush()
-        spool.seek(0)
-        with self.storage.errors(self.path):
-            with self.storage.fs.open(self.storage.key(self.path), "wb") as out:
-                while chunk := spool.read(PART_SIZE):
-                    out.write(chunk)
-        spool.close()
-        self.done = True
-
-    def discard(self) -> None:
-        self.done = True
-        with contextlib.suppress(Exception):
-            self.stream.close()
-
-
-class LeaseLock:
-    """A lease object: conditional create, heartbeat thread, stale takeover. See the module
-    docstring for which store gets which guarantee."""
-
-    def __init__(self, storage: FsspecStorage, path: str, ttl: float = LEASE_TTL_S) -> None:
-        self.storage = storage
-        self.path = path
-        self.ttl = ttl
-        self.run_id = uuid.uuid4().hex
-        self.lost = False
-        self.etag: str | None = None
-        self._stop = threading.Event()
-        self._beating = threading.Lock()  # one conditional refresh at a time (thread or caller)
-        self._thread: threading.Thread | None = None
-        self._acquire()
-        self._thread = threading.Thread(target=self._beat, name="minilm-lease", daemon=True)
-        self._thread.start()
-
-    def _body(self) -> bytes:
-        doc = {
-            "run_id": self.run_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "heartbeat": time.time(),
-            "ttl": self.ttl,
-        }
-        return json.dumps(doc, sort_keys=True).encode()
-
-    def _acquire(self) -> None:
-        st = self.storage
-        for _ in range(3):
-            created = st.put_if_absent(self.path, self._body())
-            if created:
-                self.etag = created
-                if st.native_conditional or self._still_ours():
-                    return
-                break
-            lease, etag = st.read_lease(self.path)
-            if lease is None:
-                continue  # released between our put and our read: try again
-            if not lease_is_stale(lease):
-                raise OutputConflict(
-                    f"OUTPUT {redact_url(_parent(self.path))} is in use by another run ({describe(lease)})"
-                )
-            replaced = st.put_if_match(self.path, self._body(), etag)
-            if replaced:
-                self.etag = replaced
-                if st.native_conditional or self._still_ours():
-                    # a dead run's unfinished multipart uploads under OUTPUT are ours to abort
-                    st.abort_uploads(_parent(self.path))
-                    return
-                break
-        raise OutputConflict(f"OUTPUT {redact_url(_parent(self.path))} is being taken by another run")
-
-    def _still_ours(self) -> bool:
-        lease, _ = self.storage.read_lease(self.path)
-        return bool(lease) and lease.get("run_id") == self.run_id
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 4) and not self.lost:
-            try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the ttl allows several
-                continue
-
-    def refresh(self) -> None:
-        """Beat now (the thread does every ttl / 4; a caller may before something long).
-        Sets ``lost`` when another run has taken the lease over."""
-        with self._beating:
-            if self.lost or self._stop.is_set():
-                return
-            fingerprint = self.storage.put_if_match(self.path, self._body(), self.etag)
-            if fingerprint:
-                self.etag = fingerprint
-            else:
-                self.lost = True  # taken over after we stalled past the ttl
-
-    def release(self, remove: bool = True) -> None:
-        """Stop the heartbeat and delete the lease if it is still ours. A lease left behind
-        would look held until it went stale, so it is removed whatever ``remove`` says."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        with contextlib.suppress(Exception):
-            if not self.lost and self._still_ours():
-                self.storage.remove(self.path)
-
-
-def lease_is_stale(lease: dict[str, Any], now: float | None = None) -> bool:
-    now = time.time() if now is None else now
-    try:
-        beat, ttl = float(lease["heartbeat"]), float(lease.get("ttl", LEASE_TTL_S))
-    except (KeyError, TypeError, ValueError):
-        return True  # not a lease we understand (a torn write cannot happen; a foreign file can)
-    if now - beat > ttl:
-        return True
-    if lease.get("host") == socket.gethostname():
-        pid = lease.get("pid")
-        if isinstance(pid, int) and pid > 0 and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True  # its holder died on this machine: no need to wait out the ttl
-            except PermissionError:
-                return False
-    return False
-
-
-def describe(lease: dict[str, Any]) -> str:
-    return f"pid {lease.get('pid', '?')} on {lease.get('host', '?')}"
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "/" in path else path
 
 
 _MEMORY_MUTEX = threading.Lock()
@@ -757,7 +340,7 @@ class FsspecStorage:
         except (TypeError, NotImplementedError):
             pass  # this store's fsspec has no exclusive create: check, then write
         except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
-            if _error_code(exc) in _LOST_RACE:
+            if error_code(exc) in _LOST_RACE:
                 return None
             raise translate(exc, path, self.options) from None
         if self.exists(path):
@@ -773,11 +356,11 @@ class FsspecStorage:
                 out = self.fs.pipe_file(self.key(path), data, IfMatch=f'"{fingerprint[5:]}"')
                 return _etag_of(out) or self.etag(path)
             except FileNotFoundError as exc:
-                if _error_code(exc) == "NoSuchBucket":
+                if error_code(exc) == "NoSuchBucket":
                     raise translate(exc, path, self.options) from None
                 return None  # the lease is gone: it is not ours to refresh
             except Exception as exc:  # noqa: BLE001 - sorted by the store's error code
-                if _error_code(exc) in _LOST_RACE:
+                if error_code(exc) in _LOST_RACE:
                     return None  # 412: someone else's version is there now
                 raise translate(exc, path, self.options) from None
         guard = _MEMORY_MUTEX if self.scheme == "memory" else contextlib.nullcontext()
