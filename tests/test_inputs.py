@@ -474,10 +474,16 @@ def test_dangling_symlink_and_loop_in_an_input_dir(tmp_path, tiny_model_dir):
     (data / "a.txt").write_text("hello there\n")
     os.symlink(data / "gone.txt", data / "dangling.txt")
     os.symlink(data / "loop.txt", data / "loop.txt")
+    # A broken link inside a folder stops the run before anything is written (issue 15, row 15).
     result = embed_cli(tmp_path, tiny_model_dir, [data, "-o", tmp_path / "out"])
-    assert result.exit_code == 0, result.output
-    assert f"skipped {data / 'dangling.txt'}: dangling symlink" in result.stderr
-    assert f"skipped {data / 'loop.txt'}: symlink loop" in result.stderr
+    assert result.exit_code == 2, result.output
+    assert "dangling.txt: dangling symlink" in one_error_line(result)
+    assert not (tmp_path / "out").exists()
+    os.unlink(data / "dangling.txt")
+    result = embed_cli(tmp_path, tiny_model_dir, [data, "-o", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "loop.txt: symlink loop" in one_error_line(result)
+    os.symlink(data / "gone.txt", data / "dangling.txt")
     result = embed_cli(tmp_path, tiny_model_dir, [data / "dangling.txt", "-o", tmp_path / "out2"])
     assert result.exit_code == 2
     assert "dangling symlink" in one_error_line(result)

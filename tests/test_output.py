@@ -342,7 +342,7 @@ def test_vanished_temp_file_is_an_error_not_an_empty_shard(tmp_path, tiny_model_
     one_line_error(result, 1, "part-00001.parquet.tmp", "--resume")
     doc = manifest(out)
     assert doc["status"] == "failed"
-    assert [(s["index"], sorted(s["files"])) for s in doc["shards"]] == [(0, ["data"])]
+    assert [(s["index"], sorted(s["files"])) for s in doc["shards"]] == [(0, ["data", "keys"])]
     resumed = embed(corpus, out, tiny_model_dir, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert ids_of(out) == list(range(400))

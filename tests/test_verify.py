@@ -270,7 +270,7 @@ def test_duplicate_ids_inside_a_shard_warn_under_id_column(tmp_path, tiny_model_
     assert result.exit_code == 0, result.output
     check = cli(["verify", str(out)])
     assert check.exit_code == 0, check.output
-    assert warnings_of(check) == ["shard 0: 1 duplicate ids inside the shard, e.g. 1"]
+    assert warnings_of(check) == ["shard 0: 1 duplicate ids inside the shard, e.g. '1'"]  # CSV ids are text
 
 
 def test_duplicate_default_ids_fail(tmp_path, tiny_model_dir):

@@ -114,10 +114,6 @@ def run_job(
     log = log or (lambda message: None if cfg.quiet else print(message, file=sys.stderr))
     plan = plan_run(cfg, log)
     embedder = embedder or build_embedder(cfg)
-    if embedder.device.type == "cpu" and embedder.precision == "bf16" and not cpu_has_native_bf16():
-        log(
-            "warning: this CPU has no native bf16 (avx512_bf16 or AMX): bf16 is emulated and slower than fp32"
-        )
     check_windows(cfg, embedder)
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
@@ -171,6 +167,7 @@ class Run:
         """The hot loop: engine -> writer thread, with progress, timing and signals."""
         assert self.stages is not None
         started = time.perf_counter()
+        self._warn_about_slow_precision()
         writer = Consumer(self._timed_write(write), "minilm-writer", on_error=self.guard.wake)
         progress = self._progress()
         self._batched = 0
@@ -207,6 +204,13 @@ class Run:
                 self.on_rows(len(chunk))
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix_str(f"{rate:.0f} tokens/s", refresh=False)
+
+    def _warn_about_slow_precision(self) -> None:
+        embedder = self.embedder
+        if embedder.device.type == "cpu" and embedder.precision == "bf16" and not cpu_has_native_bf16():
+            self.log(
+                "warning: no native bf16 on this CPU (avx512_bf16 or AMX): bf16 is emulated, slower than fp32"
+            )
 
     def _advance(self, progress: tqdm, rows: int) -> None:
         self._batched += rows
