@@ -49,3 +49,19 @@ def sample_texts() -> list[str]:
 # The moto S3 server on loopback, for every test module that asks for it. Lazy: a session
 # fixture starts only when a test requests ``s3_server``.
 from s3_server import s3_server  # noqa: E402, F401
+
+
+@pytest.fixture
+def model_rows(monkeypatch) -> list[int]:
+    """Rows the model is given, batch by batch: Embedder.run wrapped (the real model still runs)."""
+    from minilm_cli.model import Embedder
+
+    seen: list[int] = []
+    real_run = Embedder.run
+
+    def run(self, chunk, **kw):
+        seen.append(len(chunk.ids))
+        return real_run(self, chunk, **kw)
+
+    monkeypatch.setattr(Embedder, "run", run)
+    return seen

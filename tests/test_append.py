@@ -10,20 +10,6 @@ import pytest
 from helpers import WORDS, cli, manifest, model_args
 
 import minilm_cli
-from minilm_cli.model import Embedder
-
-
-@pytest.fixture
-def model_rows(monkeypatch):
-    seen: list[int] = []
-    real_run = Embedder.run
-
-    def run(self, chunk, **kw):
-        seen.append(len(chunk.ids))
-        return real_run(self, chunk, **kw)
-
-    monkeypatch.setattr(Embedder, "run", run)
-    return seen
 
 
 def write_texts(path, n: int, seed: int) -> list[str]:

@@ -6,24 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 from helpers import WORDS, cli, embeddings, manifest, model_args
-
-from minilm_cli.model import Embedder
-
-
-@pytest.fixture
-def count_model_rows(monkeypatch):
-    """Wrap Embedder.run to count the rows the model is given (the real model still runs)."""
-    seen: list[int] = []
-    real_run = Embedder.run
-
-    def run(self, chunk, **kw):
-        seen.append(len(chunk.ids))
-        return real_run(self, chunk, **kw)
-
-    monkeypatch.setattr(Embedder, "run", run)
-    return seen
 
 
 def corpus_with_repeats(path, distinct: int, copies: int, seed: int):
@@ -35,16 +18,16 @@ def corpus_with_repeats(path, distinct: int, copies: int, seed: int):
     return rows
 
 
-def test_half_duplicates_send_half_the_rows_to_the_model(tmp_path, tiny_model_dir, count_model_rows):
+def test_half_duplicates_send_half_the_rows_to_the_model(tmp_path, tiny_model_dir, model_rows):
     rows = corpus_with_repeats(tmp_path / "in.txt", 600, 2, seed=1)
     args = [str(tmp_path / "in.txt"), *model_args(tiny_model_dir), "--chunk-size", "256", "-q"]
     plain = cli(["embed", *args, "-o", str(tmp_path / "plain"), "--no-dedup"])
     assert plain.exit_code == 0, plain.output
-    assert sum(count_model_rows) == 1200
-    count_model_rows.clear()
+    assert sum(model_rows) == 1200
+    model_rows.clear()
     dedup = cli(["embed", *args, "-o", str(tmp_path / "dedup")])
     assert dedup.exit_code == 0, dedup.output
-    assert sum(count_model_rows) == 600  # the shard holds all 1200 rows: each text once
+    assert sum(model_rows) == 600  # the shard holds all 1200 rows: each text once
 
     ids, got = embeddings(tmp_path / "dedup")
     want_ids, want = embeddings(tmp_path / "plain")
@@ -58,7 +41,7 @@ def test_half_duplicates_send_half_the_rows_to_the_model(tmp_path, tiny_model_di
     assert (totals["rows"], totals["embedded"]) == (1200, 600)
 
 
-def test_shard_boundaries_reset_the_memory_so_resume_is_exact(tmp_path, tiny_model_dir, count_model_rows):
+def test_shard_boundaries_reset_the_memory_so_resume_is_exact(tmp_path, tiny_model_dir, model_rows):
     corpus_with_repeats(tmp_path / "in.txt", 300, 3, seed=2)
     args = [
         str(tmp_path / "in.txt"),
@@ -70,7 +53,7 @@ def test_shard_boundaries_reset_the_memory_so_resume_is_exact(tmp_path, tiny_mod
     ]
     whole = cli(["embed", *args, "-o", str(tmp_path / "whole"), "-q"])
     assert whole.exit_code == 0, whole.output
-    per_shard = sum(count_model_rows)
+    per_shard = sum(model_rows)
     assert 300 <= per_shard < 900  # repeats inside a shard are copied, across shards embedded again
 
     # The same run, stopped by a failure in its third shard's writer, then resumed.
@@ -101,11 +84,11 @@ def test_shard_boundaries_reset_the_memory_so_resume_is_exact(tmp_path, tiny_mod
     assert got.tobytes() == want.tobytes()  # bit for bit
 
 
-def test_stdout_deduplicates_too(tmp_path, tiny_model_dir, count_model_rows):
+def test_stdout_deduplicates_too(tmp_path, tiny_model_dir, model_rows):
     (tmp_path / "in.txt").write_text("same text\nother text\nsame text\nsame text\n")
     result = cli(["embed", str(tmp_path / "in.txt"), "-o", "-", *model_args(tiny_model_dir), "-q"])
     assert result.exit_code == 0, result.output
-    assert sum(count_model_rows) == 2
+    assert sum(model_rows) == 2
     import json
 
     vectors = [json.loads(line)["embedding"] for line in result.stdout.splitlines()]

@@ -9,21 +9,6 @@ import numpy as np
 import pytest
 from helpers import WORDS, cli, embeddings, manifest, model_args
 
-from minilm_cli.model import Embedder
-
-
-@pytest.fixture
-def model_rows(monkeypatch):
-    seen: list[int] = []
-    real_run = Embedder.run
-
-    def run(self, chunk, **kw):
-        seen.append(len(chunk.ids))
-        return real_run(self, chunk, **kw)
-
-    monkeypatch.setattr(Embedder, "run", run)
-    return seen
-
 
 def texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
