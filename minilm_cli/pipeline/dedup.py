@@ -37,6 +37,12 @@ def text_keys(texts: list[str]) -> np.ndarray:
     return np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
 
 
+def token_keys(rows: list[np.ndarray]) -> np.ndarray:
+    """rows x 2 uint64 over token ids (windows: the model sees ids, not a substring)."""
+    digests = b"".join(hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows)
+    return np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+
+
 @dataclass
 class DedupPlan:
     """Which rows of a chunk go through the model, and where every row's vector comes from."""
@@ -74,20 +80,24 @@ class RowPlanner:
 
     def __call__(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
-            chunk.keys = text_keys(chunk.texts)
-            found = self.reuse.lookup(chunk.keys) if self.reuse is not None else {}
-            plan = DedupPlan([])
-            for row, key in enumerate(chunk.keys):
-                if self.memory.see(key.tobytes()):
-                    continue
-                if row in found:
-                    plan.reused[row] = found[row]
-                else:
-                    plan.unique_rows.append(row)
-            chunk.dedup = plan
-            if chunk.shard_end:
-                self.memory.forget()
-            yield chunk
+            yield self.plan(chunk, text_keys(chunk.texts))
+
+    def plan(self, chunk: Chunk, keys: np.ndarray) -> Chunk:
+        """Decide, row by row, copy, reuse or embed; ``keys`` stand for what the model would see."""
+        chunk.keys = keys
+        found = self.reuse.lookup(keys) if self.reuse is not None else {}
+        plan = DedupPlan([])
+        for row, key in enumerate(keys):
+            if self.memory.see(key.tobytes()):
+                continue
+            if row in found:
+                plan.reused[row] = found[row]
+            else:
+                plan.unique_rows.append(row)
+        chunk.dedup = plan
+        if chunk.shard_end:
+            self.memory.forget()
+        return chunk
 
 
 class RowExpander:

@@ -245,9 +245,14 @@ def _split_piece(plan: WindowPlan, piece: CheckedRows, max_rows: int) -> Iterato
 # ---------------------------------------------------------------------------- chunk stage: tokens
 
 
-def tokenize_windows(plan: WindowPlan, embedder: Any, timers: dict[str, float]) -> Callable:
-    """The chunk stage: the model's input from the windows' own token ids, [CLS] + ids + [SEP]."""
+def tokenize_windows(
+    plan: WindowPlan, embedder: Any, timers: dict[str, float], planner: Any = None
+) -> Callable:
+    """The chunk stage: the model's input from the windows' own token ids, [CLS] + ids + [SEP].
+    With ``planner`` (dedup.RowPlanner), a window whose ids were met before is copied, not run."""
     import time
+
+    from .dedup import token_keys
 
     def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         for chunk in chunks:
@@ -255,6 +260,11 @@ def tokenize_windows(plan: WindowPlan, embedder: Any, timers: dict[str, float]) 
             if chunk.keep is not None and TOKEN_IDS in chunk.keep.column_names:
                 column = chunk.keep.column(TOKEN_IDS).combine_chunks()
                 chunk.keep = chunk.keep.drop_columns([TOKEN_IDS])
+                if planner is not None:
+                    offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
+                    rows = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+                    planner.plan(chunk, token_keys(rows))
+                    column = column.take(pa.array(chunk.dedup.unique_rows, pa.int64()))
                 chunk.tokens = window_tokens(plan, embedder, column)
             timers["read"] += time.perf_counter() - t
             yield chunk
@@ -350,7 +360,10 @@ def add_stages(stages: Any) -> None:
         stages.record_checks.append(reject_long(plan, cfg.on_error))
         return
     stages.row_stages.append(split_rows(plan, cfg.chunk_size))
-    stages.chunk_stages = [tokenize_windows(plan, embedder, stages.timers)]
+    from .dedup import RowPlanner
+
+    planner = next((s for s in stages.chunk_stages if isinstance(s, RowPlanner)), None)
+    stages.chunk_stages = [tokenize_windows(plan, embedder, stages.timers, planner)]
     if cfg.overflow == "mean":
         from .mean import MeanMerge
 
