@@ -1,6 +1,6 @@
 """minilm-cli: batch embeddings with the MiniLM family, from files to Parquet or .npy shards."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
