@@ -1,6 +1,6 @@
 """Peak RSS of verify's repeated-id check (output.ids.DuplicateScan) over many ids.
 
-    python scripts/verify_ids_memory.py --ids 10000000 [--kind str|int] [--baseline-set]
+    python bench/verify_ids_memory.py --ids 10000000 [--kind str|int] [--baseline-set]
 
 Feeds ids shard by shard (100,000 a shard, as verify does), plants 3 repeats, and prints
 the repeats found, the seconds taken and the peak resident memory of this process. With
