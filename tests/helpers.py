@@ -71,3 +71,15 @@ def embeddings(out: Path) -> tuple[list, np.ndarray]:
         blocks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
         ids += table.column("id").to_pylist()
     return ids, np.concatenate(blocks)
+
+
+def assert_one_line_error(result, code: int, *words: str) -> str:
+    """The documented exit code and exactly one `minilm: error:` line holding ``words``."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("minilm: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]

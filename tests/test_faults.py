@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, cli, embeddings, manifest, model_args, output_files, write_corpus
+from helpers import (
+    REPO,
+    assert_one_line_error,
+    cli,
+    embeddings,
+    manifest,
+    model_args,
+    output_files,
+    write_corpus,
+)
 
 import minilm_cli.pipeline.stages
 from minilm_cli.errors import MinilmError
@@ -31,17 +40,6 @@ def verify_problems(out: Path) -> list[str]:
     result = cli(["verify", str(out)])
     assert result.exit_code in (0, 4), result.output
     return [line[4:] for line in result.output.splitlines() if line.startswith("  - ")]
-
-
-def assert_one_line_error(result, code: int, *words: str) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("minilm: error: "), lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def assert_same_output(got: Path, want: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, cli, manifest, model_args, sha256, write_corpus
+from helpers import REPO, assert_one_line_error, cli, manifest, model_args, sha256, write_corpus
 
 import minilm_cli
 from minilm_cli.config import EmbedConfig
@@ -25,17 +25,6 @@ from minilm_cli.sharding import coverage_problems
 from minilm_cli.storage.local import LocalStorage
 
 PLAN = ["--shard-rows", "100", "--chunk-size", "50"]
-
-
-def one_line_error(result, code: int, *words: str) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("minilm: error: "), lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def snapshot(out: Path) -> dict[str, str]:
@@ -212,7 +201,7 @@ def test_overwrite_refuses_files_it_did_not_write(good, tiny_model_dir, corpus, 
     else:
         (good / "manifest.json").write_text(json.dumps({"app": "other", "shards": []}))
     before = snapshot(good)
-    line = one_line_error(embed(corpus, good, tiny_model_dir, "--overwrite"), 3, "--overwrite refused")
+    line = assert_one_line_error(embed(corpus, good, tiny_model_dir, "--overwrite"), 3, "--overwrite refused")
     assert (
         "part-00000-3f2a9c.snappy.parquet" if foreign == "spark" else "is not a manifest minilm-cli wrote"
     ) in line
@@ -223,7 +212,7 @@ def test_parts_refuse_a_finished_single_run(good, tiny_model_dir, corpus):
     before = snapshot(good)
     for index in (0, 1):
         result = embed(corpus, good, tiny_model_dir, "--num-shards", "2", "--shard-index", str(index))
-        one_line_error(result, 3, "holds another run's output")
+        assert_one_line_error(result, 3, "holds another run's output")
     assert snapshot(good) == before
     assert cli(["verify", str(good)]).exit_code == 0
 
@@ -267,7 +256,9 @@ def test_verify_names_the_file_in_a_sharded_run(tmp_path, tiny_model_dir, corpus
 
 def test_output_under_a_file_is_one_line(tmp_path, tiny_model_dir, corpus):
     (tmp_path / "afile").write_text("x")
-    one_line_error(embed(corpus, tmp_path / "afile" / "out", tiny_model_dir), 3, "cannot create OUTPUT")
+    assert_one_line_error(
+        embed(corpus, tmp_path / "afile" / "out", tiny_model_dir), 3, "cannot create OUTPUT"
+    )
     assert (tmp_path / "afile").read_text() == "x"
 
 
@@ -281,7 +272,9 @@ def test_no_lock_file_left_in_a_finished_output(finished):
 def test_resume_with_a_malformed_manifest(good, tiny_model_dir, corpus, doc):
     (good / "manifest.json").write_text(doc)
     before = snapshot(good)
-    line = one_line_error(embed(corpus, good, tiny_model_dir, "--resume"), 3, "manifest.json is malformed")
+    line = assert_one_line_error(
+        embed(corpus, good, tiny_model_dir, "--resume"), 3, "manifest.json is malformed"
+    )
     assert "unexpected" not in line
     assert snapshot(good) == before
 
@@ -290,7 +283,9 @@ def test_resume_with_a_newer_manifest(good, tiny_model_dir, corpus):
     doc = manifest(good)
     doc["format_version"] = 7
     (good / "manifest.json").write_text(json.dumps(doc))
-    one_line_error(embed(corpus, good, tiny_model_dir, "--resume"), 3, "format_version 7", "newer minilm-cli")
+    assert_one_line_error(
+        embed(corpus, good, tiny_model_dir, "--resume"), 3, "format_version 7", "newer minilm-cli"
+    )
 
 
 def test_format_version_1_manifest_still_reads(good, tiny_model_dir, corpus):
@@ -339,7 +334,7 @@ def test_vanished_temp_file_is_an_error_not_an_empty_shard(tmp_path, tiny_model_
         result = embed(corpus, out, tiny_model_dir)
     finally:
         OutputSession.on_shard_in_flight = None
-    one_line_error(result, 1, "part-00001.parquet.tmp", "--resume")
+    assert_one_line_error(result, 1, "part-00001.parquet.tmp", "--resume")
     doc = manifest(out)
     assert doc["status"] == "failed"
     assert [(s["index"], sorted(s["files"])) for s in doc["shards"]] == [(0, ["data", "keys"])]
