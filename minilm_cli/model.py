@@ -278,41 +278,32 @@ class Embedder:
     def _load(
         self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool
     ) -> None:
-        from tokenizers import Tokenizer
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from .loading import load_network, load_tokenizer
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         path = self.source.path
         try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-            tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
-            model = AutoModel.from_pretrained(
-                path,
-                config=config,
-                attn_implementation="sdpa",
-                use_safetensors=self.source.weights_file.endswith(".safetensors"),
-                trust_remote_code=False,
-            )
+            network = load_network(path, self.source.weights_file)
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a broken folder fails in many ways
-            reason = shorten(str(exc), 200)
-            raise InputError(f"cannot load model from {path}: {reason}") from None
-        defaults = read_pooling_config(path, getattr(config, "max_position_embeddings", 512))
+            raise InputError(f"cannot load model from {path}: {shorten(str(exc), 200)}") from None
+        config = network.config
+        max_positions = int(config.get("max_position_embeddings", 512))
+        defaults = read_pooling_config(path, max_positions)
         self.pooling = pooling or defaults.pooling
         if self.pooling not in POOLINGS:
             raise InputError(f"unknown --pooling {self.pooling}: use {', '.join(POOLINGS)}")
         self.normalize = defaults.normalize if normalize is None else normalize
         self.max_length = max_length or defaults.max_length
-        if not 2 <= self.max_length <= getattr(config, "max_position_embeddings", 512):
-            raise InputError(f"--max-length {self.max_length} is outside 2..{config.max_position_embeddings}")
-        # A private copy: the folder's tokenizer.json may pad to 128, and we pad per batch.
-        self.tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.dim = int(config.hidden_size)
-        self.model = model.eval().to(self.device)
+        if not 2 <= self.max_length <= max_positions:
+            raise InputError(f"--max-length {self.max_length} is outside 2..{max_positions}")
+        try:
+            self.tokenizer, self.pad_id = load_tokenizer(path, self.max_length)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot load the tokenizer from {path}: {shorten(str(exc), 200)}") from None
+        self.dim = int(config["hidden_size"])
+        self.network = network
+        self.model = network.module.eval().to(self.device)
         if self.precision != "fp32":
             self._precast_linear_weights(DTYPES[self.precision])
         self.compiled = compile
@@ -365,7 +356,7 @@ class Embedder:
             parts.append(f"cuda {torch.version.cuda} {name}; matmul {self.precision} (cuBLAS)")
         else:
             parts.append(f"{self.device.type}; matmul {self.precision}")
-        parts.append(f"attention {getattr(self.model.config, '_attn_implementation', None) or 'eager'}")
+        parts.append(f"attention {self.network.attention}")
         return "; ".join(parts)
 
     # -- the three steps the pipeline runs on separate threads: tokenize, run, (pool inside run)
@@ -409,7 +400,7 @@ class Embedder:
         mask = torch.as_tensor(attention_mask).to(self.device, non_blocking=True)
         dtype = DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            hidden = self._forward(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            hidden = self.network.hidden(self._forward, input_ids, mask)
         return pool(hidden.float(), mask, self.pooling, self.normalize)
 
     def embed(self, texts: list[str] | str) -> np.ndarray:

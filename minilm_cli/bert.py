@@ -1,0 +1,171 @@
+"""Our own BERT encoder for inference: the MiniLM family without transformers' model code.
+
+Why not transformers' BertModel: importing its modeling code costs seconds per process (a cron
+job that appends a few rows pays them every night), and its forward pass runs every Linear
+layer on padding. Here the Linear layers, LayerNorm and GELU run on the real tokens only,
+packed into one (tokens, hidden) matrix; only attention sees the padded (batch, length)
+shape, through scaled_dot_product_attention with a key mask. The weights and the arithmetic
+are BertModel's (tests/test_reference.py compares the two), and the Q, K and V projections
+are one matmul.
+
+``load_bert`` returns None for anything it does not implement exactly (another model type,
+relative positions, another activation, weights it cannot map); the caller then falls back
+to transformers' AutoModel. Weights load from safetensors only: no pickle is ever opened here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+@dataclass(frozen=True)
+class BertShape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    eps: float
+    activation: str
+
+
+def bert_shape(config: dict) -> BertShape | None:
+    """The settings we implement, or None when the config asks for something else."""
+    if config.get("model_type") != "bert" or config.get("is_decoder"):
+        return None
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.get("hidden_act", "gelu") not in ACTIVATIONS:
+        return None
+    try:
+        shape = BertShape(
+            hidden=int(config["hidden_size"]),
+            layers=int(config["num_hidden_layers"]),
+            heads=int(config["num_attention_heads"]),
+            intermediate=int(config["intermediate_size"]),
+            max_positions=int(config.get("max_position_embeddings", 512)),
+            eps=float(config.get("layer_norm_eps", 1e-12)),
+            activation=config.get("hidden_act", "gelu"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return shape if shape.hidden % shape.heads == 0 else None
+
+
+class BertLayer(nn.Module):
+    def __init__(self, shape: BertShape) -> None:
+        super().__init__()
+        self.heads = shape.heads
+        self.qkv = nn.Linear(shape.hidden, 3 * shape.hidden)
+        self.attention_out = nn.Linear(shape.hidden, shape.hidden)
+        self.attention_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
+        self.intermediate = nn.Linear(shape.hidden, shape.intermediate)
+        self.output = nn.Linear(shape.intermediate, shape.hidden)
+        self.output_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
+        self.activation = ACTIVATIONS[shape.activation]
+
+    def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """x: (tokens, hidden), the real tokens of the batch; where: their flat positions in
+        the (batch x length) padded layout; key_mask: (batch, 1, 1, length) bool."""
+        batch, length = key_mask.shape[0], key_mask.shape[-1]
+        qkv = self.qkv(x)
+        padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, where, qkv)
+        q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, where)
+        x = self.attention_norm(self.attention_out(context) + x)
+        return self.output_norm(self.output(self.activation(self.intermediate(x))) + x)
+
+
+class BertEncoder(nn.Module):
+    """BertModel's encoder, returning the last hidden state in the padded (batch, length) shape."""
+
+    def __init__(self, shape: BertShape, vocab: int, type_vocab: int) -> None:
+        super().__init__()
+        self.shape = shape
+        self.word_embeddings = nn.Embedding(vocab, shape.hidden)
+        self.position_embeddings = nn.Embedding(shape.max_positions, shape.hidden)
+        self.token_type_embeddings = nn.Embedding(type_vocab, shape.hidden)
+        self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
+        self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, length = input_ids.shape
+        where = attention_mask.reshape(-1).nonzero().squeeze(1)
+        positions = where % length
+        x = self.word_embeddings(input_ids.reshape(-1).index_select(0, where))
+        x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(positions)
+        x = self.embedding_norm(x)
+        key_mask = attention_mask.bool().view(batch, 1, 1, length)
+        for layer in self.layers:
+            x = layer(x, where, key_mask)
+        hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x)
+        return hidden.view(batch, length, -1)
+
+
+def load_bert(folder: str | Path, weights_file: str) -> BertEncoder | None:
+    """Our encoder with the folder's weights, or None when it is not a plain BERT we implement."""
+    folder = Path(folder)
+    if not str(weights_file).endswith(".safetensors"):
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    shape = bert_shape(config) if isinstance(config, dict) else None
+    if shape is None:
+        return None
+    from safetensors.torch import load_file
+
+    tensors = _strip_prefix(load_file(str(weights_file)))
+    encoder = BertEncoder(shape, int(config.get("vocab_size", 0)), int(config.get("type_vocab_size", 2)))
+    state = _our_names(tensors, shape.layers)
+    if state is None:
+        return None
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError:  # shapes that do not match the config
+        return None
+    return encoder.eval()
+
+
+def _strip_prefix(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoints of BertFor* models keep the encoder under "bert."."""
+    if "embeddings.word_embeddings.weight" in tensors:
+        return tensors
+    return {k.removeprefix("bert."): v for k, v in tensors.items()}
+
+
+def _our_names(t: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor] | None:
+    """BertModel's parameter names mapped to ours, Q, K and V stacked into one matrix."""
+    try:
+        state = {
+            "word_embeddings.weight": t["embeddings.word_embeddings.weight"],
+            "position_embeddings.weight": t["embeddings.position_embeddings.weight"],
+            "token_type_embeddings.weight": t["embeddings.token_type_embeddings.weight"],
+            "embedding_norm.weight": t["embeddings.LayerNorm.weight"],
+            "embedding_norm.bias": t["embeddings.LayerNorm.bias"],
+        }
+        for i in range(layers):
+            hf, ours = f"encoder.layer.{i}.", f"layers.{i}."
+            for part in ("weight", "bias"):
+                qkv = [t[f"{hf}attention.self.{name}.{part}"] for name in ("query", "key", "value")]
+                state[f"{ours}qkv.{part}"] = torch.cat(qkv)
+                state[f"{ours}attention_out.{part}"] = t[f"{hf}attention.output.dense.{part}"]
+                state[f"{ours}attention_norm.{part}"] = t[f"{hf}attention.output.LayerNorm.{part}"]
+                state[f"{ours}intermediate.{part}"] = t[f"{hf}intermediate.dense.{part}"]
+                state[f"{ours}output.{part}"] = t[f"{hf}output.dense.{part}"]
+                state[f"{ours}output_norm.{part}"] = t[f"{hf}output.LayerNorm.{part}"]
+    except KeyError:
+        return None
+    if any(f"encoder.layer.{layers}." in k for k in t):
+        return None  # more layers than the config says
+    return {k: v.float() for k, v in state.items()}
