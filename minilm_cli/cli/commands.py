@@ -192,17 +192,17 @@ def info(
 
 def _versions() -> dict[str, str]:
     import platform
+    from importlib.metadata import version
 
     import pyarrow
     import tokenizers
     import torch
-    import transformers
 
     return {
         "minilm-cli": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": version("transformers"),  # without importing it: seconds per process
         "tokenizers": tokenizers.__version__,
         "pyarrow": pyarrow.__version__,
     }

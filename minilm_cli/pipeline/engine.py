@@ -65,9 +65,9 @@ class LocalEngine:
 def embedder_runtime(embedder: Embedder, engine: str) -> dict[str, Any]:
     """How a run (or this resumed part of it) ran; not compared on --resume."""
     import platform
+    from importlib.metadata import version
 
     import torch
-    import transformers
 
     info = embedder.info()
     return {
@@ -79,7 +79,7 @@ def embedder_runtime(embedder: Embedder, engine: str) -> dict[str, Any]:
         "batch_size": info["batch_size"],
         "kernels": info.get("kernels"),
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": version("transformers"),  # without importing it: seconds per process
         "python": platform.python_version(),
     }
 
