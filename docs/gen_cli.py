@@ -1,6 +1,6 @@
 """Regenerate docs/CLI.md from the commands' --help (tests/test_docs.py checks it is current).
 
-    python docs/gen_cli.py > docs/CLI.md
+python docs/gen_cli.py > docs/CLI.md
 """
 
 from __future__ import annotations
