@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..output import Manifest, find_manifests
 from ..output.keyindex import KeyIndex, KeySource, keys_digest
-from ..storage import is_remote, redact_url
+from ..storage import is_remote, local_path, redact_url
 
 # What must match for an earlier vector to be the one this run would compute.
 SAME_BYTES = ("model", "dim", "pooling", "normalize", "max_length", "precision", "dtype", "overflow")
@@ -38,7 +38,7 @@ def reuse_problem(settings: dict, earlier: dict, name: str) -> str | None:
 
 def location(root: str) -> str:
     """Where an output is, for a manifest: an absolute path, or its URL without credentials."""
-    return redact_url(root) if is_remote(root) or "://" in root else os.path.abspath(root)
+    return redact_url(root) if is_remote(root) else os.path.abspath(local_path(root))
 
 
 class ReuseIndex(KeyIndex):
