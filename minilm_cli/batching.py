@@ -51,6 +51,11 @@ class TokenizedChunk:
     batches: list[Batch] = field(default_factory=list)
 
     @property
+    def model_rows(self) -> int:
+        """Rows (texts or windows) that go through the model."""
+        return len(self.ids)
+
+    @property
     def real_tokens(self) -> int:
         return int(self.lengths.sum())
 

@@ -25,6 +25,7 @@ from .batching import Chunk, chunk_rows
 from .config import EmbedConfig
 from .errors import InputError
 from .pipeline import JobResult, build_embedder, run_job
+from .pipeline.dedup import text_keys
 from .pipeline.engine import embedder_runtime
 from .sources import CheckedRows, InputFile, RawRows, check_rows, check_text, resolve_inputs
 from .storage import arrow_filesystem, is_remote
@@ -160,8 +161,10 @@ def run_ray_job(
 ) -> JobResult:
     """`minilm embed --engine ray`: embed on Ray, write shards and manifest on the driver."""
     ray = _ray()
-    if cfg.resume or cfg.num_shards != 1 or cfg.to_stdout:
-        raise InputError("--engine ray writes a fresh directory: no --resume, --num-shards or -o -")
+    if cfg.resume or cfg.append or cfg.reuse or cfg.num_shards != 1 or cfg.to_stdout:
+        raise InputError(
+            "--engine ray writes a fresh directory: no --resume, --append, --reuse, --num-shards or -o -"
+        )
     _init_ray(ray, address, cfg.quiet)
     engine = RayEngine(cfg, read_inputs(cfg), concurrency, gpus_per_worker, ray)
     return run_job(cfg, engine.driver, engine=engine)
@@ -246,6 +249,7 @@ class RayEngine:
             vectors = _vectors(table.column("embedding"), dim) if has else np.zeros((0, dim), np.float32)
             rest = table.drop_columns(["embedding"]) if has else table
             chunk.keep = rest if rest.num_columns else None
+            chunk.keys = text_keys(chunk.texts)  # the shard's key file, as the local engine writes it
             yield chunk, vectors
 
     def runtime(self) -> dict[str, Any]:

@@ -120,7 +120,8 @@ def config_from_options(inputs: tuple[str, ...], output: str, opts: dict[str, An
 @handle_errors
 def verify(output: str, storage_option: tuple[str, ...]) -> None:
     """Check OUTPUT against its manifest: every shard present, checksums, row counts, dim,
-    no NaN/Inf, unique ids. Exit 0 when sound, 4 with a report when not."""
+    no NaN/Inf, unique ids, each shard's key file, and rows taken from --reuse outputs
+    (byte copies of theirs). Exit 0 when sound, 4 with a report when not."""
     from ..output import verify_output
 
     configure_storage_options(storage_option)

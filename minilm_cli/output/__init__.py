@@ -6,7 +6,8 @@
   outdir.py   one writer's rules: lock, --overwrite, --resume clean-up and damage checks
   session.py  OutputSession: all of the above for one writer, driven by the pipeline
   merge.py    finished_files, open_dataset, merge-manifests
-  verify.py   `minilm verify`; ids.py: repeated ids in bounded memory
+  keyindex.py KeyIndex: the sorted key files of many shards, searchable in bounded memory
+  verify.py   `minilm verify`; verify_keys.py: key files and reused rows; ids.py: repeated ids
 
 Every file-system step goes through minilm_cli.storage.
 """

@@ -131,6 +131,9 @@ def merge_manifests(root: str | Path) -> tuple[str, list[str]]:
     merged.doc["parts"] = [
         name for name, _ in sorted(named, key=lambda n: n[1]["settings"]["plan"]["shard_index"])
     ]
+    reuse = {k: v for doc in docs for k, v in doc.get("reuse", {}).items()}
+    if reuse:
+        merged.doc["reuse"] = reuse  # the --reuse sources the shards name (verify checks them)
     row = 0
     for doc in docs:
         for shard in doc["shards"]:

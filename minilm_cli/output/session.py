@@ -14,6 +14,8 @@ The pipeline drives it; every file this writer touches goes through it:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -194,6 +196,15 @@ class OutputSession:
         self.log(f"shard {manifest.shards[position]['index']}: {why}; redoing it and the shards after it")
         manifest.truncate(position)
         manifest.doc["status"] = "running"
+
+    def record_reuse(self, sources: list[dict[str, Any]]) -> None:
+        """--reuse: what this run looks rows up in (each earlier output's location and state),
+        under doc["reuse"][id]; every shard it writes names that id (verify checks against it)."""
+        assert self.writer is not None and self.manifest is not None, "start() first"
+        sid = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
+        self.manifest.doc.setdefault("reuse", {})[sid] = {"sources": sources}
+        self.writer.reuse = sid
+        self.manifest.save()
 
     def write(self, chunk: Chunk, embeddings: np.ndarray) -> ShardRecord | None:
         """Writer thread only. Commits the shard, then its marker, when ``chunk.shard_end``."""

@@ -18,6 +18,7 @@ from .layout import relative as layout_rel
 from .layout import shard_folders
 from .manifest import Manifest, ManifestError, find_manifests, layout_of
 from .merge import settings_mix_problems
+from .verify_keys import KeyChecks
 from .writers import sha256_of
 
 
@@ -30,6 +31,7 @@ class VerifyReport:
     rows: int = 0
     rejected: int = 0
     duplicate_ids: int = 0
+    reused: int = 0  # rows found byte copies of their --reuse sources' vectors
     dim: int | None = None
 
     @property
@@ -41,6 +43,8 @@ class VerifyReport:
             f"{self.root}: {self.shards} shard(s), {self.rows} rows, {self.rejected} rejected, dim {self.dim}"
         )
         warned = [f"  warning: {w}" for w in self.warnings]
+        if self.reused:
+            warned.insert(0, f"  {self.reused} reused rows are byte copies of their --reuse sources")
         if self.ok:
             return "\n".join([f"ok: {head}", *warned])
         lines = [f"FAILED: {head}; {len(self.problems)} problem(s):"]
@@ -68,6 +72,7 @@ class _Verifier:
         self.all_read = True
         self.id_column: str | None = None
         self.schema: tuple[str, pa.Schema] | None = None  # (first shard's label, its table schema)
+        self.keys: KeyChecks | None = None  # the key-file and --reuse checks of the manifest at hand
 
     def run(self, manifests: list[str]) -> VerifyReport:
         try:
@@ -94,12 +99,17 @@ class _Verifier:
             self.all_read = False
             return self.report.problems.append(f"{name}: {exc.kind} manifest ({exc.detail})")
         holder = self.storage.lock_holder(layout_of(path).lock_path)
+        self.keys = KeyChecks(self.root, self.storage, manifest.doc, self.report.warnings)
         try:
             self.check_manifest(name, manifest.doc, holder)
             self.docs.append((name, manifest.doc))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             self.all_read = False
             self.report.problems.append(f"{name}: malformed manifest ({type(exc).__name__}: {exc})")
+        finally:
+            self.keys.close()
+        self.keys.summary()
+        self.report.reused += self.keys.checked
 
     def check_manifest(self, name: str, doc: dict, holder: str | None) -> None:
         settings = doc.get("settings", {})
@@ -154,7 +164,10 @@ class _Verifier:
             problems += self.check_schema(shard, entry["files"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
             return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
-        return problems + self.check_rows(shard, entry, settings, embeddings, meta)
+        problems += self.check_rows(shard, entry, settings, embeddings, meta)
+        if not problems and self.keys is not None:
+            problems += self.keys.check(entry, embeddings)
+        return problems
 
     def check_schema(self, shard: _Shard, files: dict) -> list[str]:
         """Every shard of an output has the same columns and types (readers join them as one)."""

@@ -47,7 +47,9 @@ class ShardRecord:
     tokens: int
     padded_tokens: int
     files: dict[str, FileRecord]
-    embedded: int = 0  # rows that went through the model (repeated texts are copied)
+    embedded: int = 0  # rows (or windows) that went through the model (repeated texts are copied)
+    reused: int = 0  # rows whose vector is a --reuse output's (looked up, or a copy of one)
+    reuse: str | None = None  # the manifest's "reuse" entry this shard looked rows up in
 
 
 def sha256_of(storage: Storage, path: str) -> str:
@@ -90,6 +92,7 @@ class ShardWriter:
         self.metadata_schema = metadata_schema
         self.storage = storage or storage_for(layout.root)
         self._open: _OpenShard | None = None
+        self.reuse: str | None = None  # set by OutputSession.record_reuse
 
     def write(self, chunk: Chunk, embeddings: np.ndarray) -> ShardRecord | None:
         """Append a chunk; when it ends a shard, commit the shard and return its record."""
@@ -124,7 +127,7 @@ class _OpenShard:
         self.files = files
         self.first_row = first_row
         self.rows = self.rejected = self.truncated = self.tokens = self.padded_tokens = 0
-        self.embedded = 0
+        self.embedded = self.reused = 0
         self.keys: list[np.ndarray] = []  # per chunk: the text keys of its rows
         self.pending: dict[str, PendingFile] = {}
         self.parquet: pq.ParquetWriter | None = None
@@ -154,9 +157,11 @@ class _OpenShard:
             self._write_parquet(table)
         if chunk.keys is not None:
             self.keys.append(chunk.keys)
+        if chunk.dedup is not None:
+            self.reused += chunk.dedup.reused_rows
         self.rows += len(chunk)
         if chunk.tokens is not None:
-            self.embedded += len(chunk.tokens.ids)
+            self.embedded += chunk.tokens.model_rows
             self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
@@ -201,7 +206,15 @@ class _OpenShard:
                 records[role] = FileRecord(self.files[role], size, sha256_of(self.w.storage, path))
         counts = (self.rows, self.rejected, self.first_row, record_end)
         return ShardRecord(
-            index, *counts, self.truncated, self.tokens, self.padded_tokens, records, self.embedded
+            index,
+            *counts,
+            self.truncated,
+            self.tokens,
+            self.padded_tokens,
+            records,
+            self.embedded,
+            self.reused,
+            self.w.reuse,
         )
 
     def discard(self) -> None:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..batching import Chunk
+from ..output.keyindex import DEDUP_CAPACITY
 
-CAPACITY = 16_384  # distinct texts remembered per shard: ~25 MB of float32 vectors at dim 384
+CAPACITY = DEDUP_CAPACITY  # distinct texts remembered per shard: ~25 MB of float32 vectors at dim 384
 
 
 def text_keys(texts: list[str]) -> np.ndarray:
@@ -49,6 +50,7 @@ class DedupPlan:
 
     unique_rows: list[int]  # rows whose text is embedded, in row order
     reused: dict[int, np.ndarray] = field(default_factory=dict)  # row -> vector of an earlier output
+    reused_rows: int = 0  # rows whose vector is an earlier output's (looked up, or a copy of one)
 
 
 class _Memory:
@@ -88,10 +90,15 @@ class RowPlanner:
         found = self.reuse.lookup(keys) if self.reuse is not None else {}
         plan = DedupPlan([])
         for row, key in enumerate(keys):
-            if self.memory.see(key.tobytes()):
+            k = key.tobytes()
+            if k in self.memory.known:
+                plan.reused_rows += bool(self.memory.known[k])  # a copy: of a reused row, or not
+                self.memory.see(k)
                 continue
+            self.memory.see(k, row in found)
             if row in found:
                 plan.reused[row] = found[row]
+                plan.reused_rows += 1
             else:
                 plan.unique_rows.append(row)
         chunk.dedup = plan

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,10 +19,15 @@ class MergedTokens(TokenizedChunk):
     """The token counts of the windows behind a chunk of merged rows (their ids are gone)."""
 
     padded: int = 0
+    windows_run: int = 0  # windows that went through the model
 
     @property
     def padded_tokens(self) -> int:
         return self.padded
+
+    @property
+    def model_rows(self) -> int:
+        return self.windows_run
 
 
 @dataclass
@@ -31,6 +38,17 @@ class _Open:
     weight: int
     ids: pa.Array  # its id and kept columns (one row)
     keep: pa.Table | None
+    # blake2b-128 over its windows' keys (dedup.token_keys) in order: the document's key,
+    # what its row's entry in the key file holds; None when its windows came without keys
+    key: Any
+
+    def add(self, total: np.ndarray, weight: int, window_keys: bytes | None) -> None:
+        self.total += total
+        self.weight += weight
+        if self.key is not None and window_keys is not None:
+            self.key.update(window_keys)
+        else:
+            self.key = None
 
 
 class MeanMerge:
@@ -65,50 +83,73 @@ class MeanMerge:
         cuts = np.concatenate(([0], starts[starts > 0])) if n else np.zeros(0, np.int64)
         totals = np.add.reduceat(vectors.astype(np.float64) * weights[:, None], cuts) if n else None
         sums = np.add.reduceat(weights, cuts) if n else None
-        done_totals, done_weights, done_ids, done_keep = [], [], [], []
+        keys = np.ascontiguousarray(chunk.keys) if chunk.keys is not None else None
+        ends = np.append(cuts[1:], n).astype(np.int64)
+        done = _Done()
         for k, cut in enumerate(cuts):
+            window_keys = keys[cut : ends[k]].tobytes() if keys is not None else None
             if numbers[cut] != 0:  # the open document's later windows
-                self.open.total += totals[k]  # type: ignore[union-attr]
-                self.open.weight += int(sums[k])  # type: ignore[union-attr]
+                self.open.add(totals[k], int(sums[k]), window_keys)  # type: ignore[union-attr]
                 continue
-            self._close_open(done_totals, done_weights, done_ids, done_keep)
-            self.open = _Open(totals[k], int(sums[k]), chunk.ids.slice(cut, 1), _drop(keep.slice(cut, 1)))
+            done.close(self)
+            key = hashlib.blake2b(window_keys, digest_size=16) if window_keys is not None else None
+            first = _drop(keep.slice(cut, 1))
+            self.open = _Open(totals[k], int(sums[k]), chunk.ids.slice(cut, 1), first, key)
         if chunk.shard_end:
-            self._close_open(done_totals, done_weights, done_ids, done_keep)
-        if not done_weights and not chunk.shard_end:
+            done.close(self)
+        if not done.weights and not chunk.shard_end:
             return None
-        return self._emit(chunk, vectors.shape[1], done_totals, done_weights, done_ids, done_keep)
+        return self._emit(chunk, vectors.shape[1], done)
 
-    def _close_open(self, totals: list, weights: list, ids: list, keep: list) -> None:
-        if self.open is not None:
-            totals.append(self.open.total)
-            weights.append(self.open.weight)
-            ids.append(self.open.ids)
-            keep.append(self.open.keep)
-            self.open = None
-
-    def _emit(
-        self, chunk: Chunk, dim: int, totals: list, weights: list, ids: list, keep: list
-    ) -> tuple[Chunk, np.ndarray]:
-        count = len(weights)
+    def _emit(self, chunk: Chunk, dim: int, done: _Done) -> tuple[Chunk, np.ndarray]:
+        count = len(done.weights)
         vectors = np.zeros((0, dim))
         if count:
-            vectors = np.stack(totals) / np.asarray(weights, dtype=np.float64)[:, None]
+            vectors = np.stack(done.totals) / np.asarray(done.weights, dtype=np.float64)[:, None]
         if self.normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         held, self.held = [*self.held, chunk], []
         out = Chunk(
             texts=[""] * count,
-            ids=pa.concat_arrays(ids) if ids else chunk.ids.slice(0, 0),
-            keep=pa.concat_tables(keep) if keep and keep[0] is not None else None,
+            ids=pa.concat_arrays(done.ids) if done.ids else chunk.ids.slice(0, 0),
+            keep=pa.concat_tables(done.keep) if done.keep and done.keep[0] is not None else None,
             rejects=[r for c in held for r in c.rejects],
             first_row=self.next_row,  # type: ignore[arg-type]
             record_end=chunk.record_end,
             shard_end=chunk.shard_end,
             tokens=_counts(held),
+            keys=done.key_array(),
         )
         self.next_row += count  # type: ignore[operator]
         return out, vectors.astype(np.float32)
+
+
+@dataclass
+class _Done:
+    """Documents whose last window has arrived, waiting to be emitted."""
+
+    totals: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    keep: list = field(default_factory=list)
+    keys: list = field(default_factory=list)
+
+    def close(self, merge: MeanMerge) -> None:
+        """The open document (if any) is complete."""
+        doc = merge.open
+        if doc is not None:
+            self.totals.append(doc.total)
+            self.weights.append(doc.weight)
+            self.ids.append(doc.ids)
+            self.keep.append(doc.keep)
+            self.keys.append(doc.key.digest() if doc.key is not None else None)
+            merge.open = None
+
+    def key_array(self) -> np.ndarray | None:
+        """rows x 2 uint64, as dedup.text_keys / token_keys lay keys out (None: unkeyed)."""
+        if any(k is None for k in self.keys):
+            return None
+        return np.frombuffer(b"".join(self.keys), dtype="<u8").reshape(-1, 2)
 
 
 def _drop(keep: pa.Table) -> pa.Table | None:
@@ -120,4 +161,5 @@ def _drop(keep: pa.Table) -> pa.Table | None:
 def _counts(chunks: list[Chunk]) -> MergedTokens:
     tokens = [c.tokens for c in chunks if c.tokens is not None]
     lengths = np.concatenate([t.lengths for t in tokens]) if tokens else np.zeros(0, np.int64)
-    return MergedTokens([], lengths, 0, padded=sum(t.padded_tokens for t in tokens))
+    run = sum(t.model_rows for t in tokens)
+    return MergedTokens([], lengths, 0, padded=sum(t.padded_tokens for t in tokens), windows_run=run)

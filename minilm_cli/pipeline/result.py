@@ -12,6 +12,7 @@ class JobResult:
 
     rows: int = 0
     embedded: int = 0  # rows that went through the model (fewer than rows when texts repeat)
+    reused: int = 0  # rows whose vector is a --reuse output's
     rejected: int = 0
     truncated: int = 0
     shards: int = 0
@@ -30,6 +31,7 @@ class JobResult:
         for shard in shards:
             self.rows += shard["rows"]
             self.embedded += shard.get("embedded", shard["rows"])
+            self.reused += shard.get("reused", 0)
             self.rejected += shard["rejected"]
             self.truncated += shard["truncated"]
             self.tokens += shard["tokens"]
@@ -39,7 +41,8 @@ class JobResult:
     def add_chunk(self, chunk: Any) -> None:
         """Count an embedded chunk (its rows, rejects and tokens)."""
         self.rows += len(chunk)
-        self.embedded += len(chunk.tokens.ids) if chunk.tokens is not None else 0
+        self.embedded += chunk.tokens.model_rows if chunk.tokens is not None else 0
+        self.reused += chunk.dedup.reused_rows if chunk.dedup is not None else 0
         self.rejected += len(chunk.rejects)
         if self.overflow == "split" and len(chunk):
             self.documents += int((chunk.keep.column("window").to_numpy() == 0).sum())

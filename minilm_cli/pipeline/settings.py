@@ -133,6 +133,11 @@ def _check_overflow(cfg: EmbedConfig) -> None:
         raise InputError(f"--stride is for --overflow split or mean, not {cfg.overflow}")
     if cfg.stride is not None and cfg.stride < 0:
         raise InputError("--stride must be at least 0")
+    if cfg.reuse and cfg.overflow == "mean":
+        raise InputError(
+            "--reuse does not work with --overflow mean: a mean row pools a whole document's "
+            "windows, and --reuse copies vectors of single texts or windows; run without --reuse"
+        )
     clash = sorted(set(WINDOW_COLUMNS) & set(cfg.keep_columns)) if cfg.overflow == "split" else []
     if clash:
         raise InputError(

@@ -76,6 +76,9 @@ def _write_rows(run: Run, session: OutputSession):
 
 
 def _run_to_end(run: Run, session: OutputSession, first_row: int, first_record: int) -> JobResult:
+    reuse = run.stages.reuse if run.stages is not None else None
+    if reuse is not None:
+        session.record_reuse(reuse.snapshot())  # type: ignore[attr-defined]
     try:
         run.execute(_write_rows(run, session), first_row, first_record)
     except BaseException as exc:
