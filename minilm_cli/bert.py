@@ -60,15 +60,25 @@ def bert_shape(config: dict) -> BertShape | None:
     return shape if shape.hidden % shape.heads == 0 else None
 
 
+class Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        """Nothing: the checkpoint's weights replace these at once (random init cost ~0.2 s)."""
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        """Nothing, as for Linear."""
+
+
 class BertLayer(nn.Module):
     def __init__(self, shape: BertShape) -> None:
         super().__init__()
         self.heads = shape.heads
-        self.qkv = nn.Linear(shape.hidden, 3 * shape.hidden)
-        self.attention_out = nn.Linear(shape.hidden, shape.hidden)
+        self.qkv = Linear(shape.hidden, 3 * shape.hidden)
+        self.attention_out = Linear(shape.hidden, shape.hidden)
         self.attention_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
-        self.intermediate = nn.Linear(shape.hidden, shape.intermediate)
-        self.output = nn.Linear(shape.intermediate, shape.hidden)
+        self.intermediate = Linear(shape.hidden, shape.intermediate)
+        self.output = Linear(shape.intermediate, shape.hidden)
         self.output_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.activation = ACTIVATIONS[shape.activation]
 
@@ -91,9 +101,9 @@ class BertEncoder(nn.Module):
     def __init__(self, shape: BertShape, vocab: int, type_vocab: int) -> None:
         super().__init__()
         self.shape = shape
-        self.word_embeddings = nn.Embedding(vocab, shape.hidden)
-        self.position_embeddings = nn.Embedding(shape.max_positions, shape.hidden)
-        self.token_type_embeddings = nn.Embedding(type_vocab, shape.hidden)
+        self.word_embeddings = Embedding(vocab, shape.hidden)
+        self.position_embeddings = Embedding(shape.max_positions, shape.hidden)
+        self.token_type_embeddings = Embedding(type_vocab, shape.hidden)
         self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
 
@@ -168,10 +178,10 @@ def load_bert(folder: str | Path, weights_file: str) -> BertEncoder | None:
     from safetensors.torch import load_file
 
     tensors = _strip_prefix(load_file(str(weights_file)))
-    encoder = BertEncoder(shape, int(config.get("vocab_size", 0)), int(config.get("type_vocab_size", 2)))
     state = _our_names(tensors, shape.layers)
     if state is None:
         return None
+    encoder = BertEncoder(shape, int(config.get("vocab_size", 0)), int(config.get("type_vocab_size", 2)))
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError:  # shapes that do not match the config
