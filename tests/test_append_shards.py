@@ -175,27 +175,41 @@ def test_a_part_that_runs_late_embeds_what_the_first_part_planned(tmp_path, comm
     assert_same_rows(by_key(out), plain_run(data, tmp_path / "plain", common))
 
 
-def test_a_part_cut_short_continues_its_generation(tmp_path, common, model_rows):
+def fail_after_shard(index: int):
+    """A disk that fills once shard ``index`` of the part is written and the next is in flight."""
     from minilm_cli.output import OutputSession
 
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    write_jsonl(data / "a.jsonl", "a", 200, 1)
-    night(data, out, common)
-    write_jsonl(data / "b.jsonl", "b", 400, 2)
-
     def disk_full(session) -> None:
-        if session.shards and session.shards[-1]["index"] >= 2:  # a generation-2 shard is in
+        if session.shards and session.shards[-1]["index"] >= index:
             raise OSError(28, "No space left on device")
 
     OutputSession.on_shard_in_flight = disk_full
+    return OutputSession
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_a_part_cut_short_continues_its_generation(tmp_path, common, generation):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    write_jsonl(data / "a.jsonl", "a", 400, 1)
+    if generation == 2:
+        night(data, out, common)
+        write_jsonl(data / "b.jsonl", "b", 400, 2)
+    session = fail_after_shard(0 if generation == 1 else 2)  # part 1 holds shards 0, 1 after night 1
     try:
         failed = embed_part(data, out, common, 1)
     finally:
-        OutputSession.on_shard_in_flight = None
+        session.on_shard_in_flight = None
     assert failed.exit_code == 1, failed.output
     assert manifest(out, PART.format(1))["status"] == "failed"
-    night(data, out, common)  # the same commands again: part 1 continues, part 0 runs as usual
+    write_jsonl(data / "c.jsonl", "c", 30, 3)  # lands before the rerun: it waits for the next night
+    loud = [a for a in common if a != "-q"]
+    for index in (1, 0):  # the same commands again: part 1 continues its generation, part 0 joins
+        again = embed_part(data, out, loud, index)
+        assert again.exit_code == 0, again.output
+    assert cli(["merge-manifests", str(out)]).exit_code == 0
+    assert not [k for k in by_key(out) if k.startswith("c/")]
+    night(data, out, common)
     assert cli(["verify", str(out)]).exit_code == 0
     assert_same_rows(by_key(out), plain_run(data, tmp_path / "plain", common))
 

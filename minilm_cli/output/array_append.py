@@ -96,7 +96,7 @@ def next_step(parts: dict[int, Manifest], names: Layout) -> ArrayStep:
     if not gens:
         if doc.get("status") == "complete":
             raise OutputConflict(f"--append: {own.path} was written before --append existed; embed it anew")
-        raise OutputConflict(f"--append: {own.path} holds an unfinished run; finish it with --resume first")
+        return ArrayStep("first", own, inputs=doc.get("inputs", []))  # cut short: continue it
     done = finished(doc)
     top = max([opened(d) for d in others.values()], default=done)
     if top > done + 1:
@@ -135,14 +135,16 @@ def _first_generation(others: dict[int, dict[str, Any]]) -> ArrayStep:
     return ArrayStep("first", inputs=gens[0]["inputs"] if gens else doc.get("inputs", []))
 
 
-def planned_inputs(wanted: list[dict[str, Any]], inputs: list[dict[str, Any]], generation: int) -> list[str]:
-    """The paths of a generation another part planned; every one must be unchanged here."""
+def planned_inputs(
+    wanted: list[dict[str, Any]], inputs: list[dict[str, Any]], generation: int, who: str = "another part"
+) -> list[str]:
+    """The paths of a generation already started (by ``who``); every one must be unchanged here."""
     now = {f["path"]: f for f in inputs}
     for before in wanted:
         if now.get(before["path"]) != before:
             what = "is not among this run's inputs" if before["path"] not in now else "has changed"
             raise OutputConflict(
-                f"--append refused: {before['path']} {what} since another part started generation "
+                f"--append refused: {before['path']} {what} since {who} started generation "
                 f"{generation} with it; restore it, or embed OUTPUT anew"
             )
     return [f["path"] for f in wanted]

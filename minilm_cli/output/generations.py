@@ -30,7 +30,8 @@ class AppendPlan:
     superseded: list[int]  # shard indexes
     new: list[str]
     changed: list[str]
-    first: bool = False  # a part of a job array joining generation 1: a plain run over ``embed``
+    first: bool = False  # generation 1 (not an append): a plain run over ``embed`` ...
+    resume: bool = False  # ... that continues this writer's own unfinished one
     note: str = ""  # why there is nothing to do, when that is worth saying
 
     @property

@@ -162,6 +162,8 @@ class OutputSession:
         gen = generation_in_progress(manifest.doc)
         if gen is not None:
             plan = self._continue_generation(gen, inputs)
+        elif manifest.doc.get("status") != "complete" and not manifest.doc.get("generations"):
+            return self._continue_first(manifest.doc, inputs, "this run")
         elif manifest.doc.get("status") != "complete":
             raise OutputConflict(
                 f"--append: {self.root} holds an unfinished run; finish it with --resume first"
@@ -199,6 +201,8 @@ class OutputSession:
         step = next_step(parts, self.names)
         if step.kind == "fresh":
             return None
+        if step.kind == "first" and step.own is not None:
+            return self._continue_first(step.own.doc, inputs, "this part")
         if step.kind == "first":  # a plain run over the inputs the other parts started with
             paths = planned_inputs(step.inputs, inputs, 1)
             return ResumePoint(0, 0, 0, [], False, False), AppendPlan(paths, [], [], [], first=True)
@@ -221,6 +225,15 @@ class OutputSession:
             entry = plan_entry(planned, inputs, array_record_end(step.docs), self.names.shard_index)
         plan = self._open_array_generation(manifest, entry, stretch)
         return self._begin_generation(runtime), plan
+
+    def _continue_first(
+        self, doc: dict[str, Any], inputs: list[dict[str, Any]], who: str
+    ) -> tuple[ResumePoint, AppendPlan]:
+        """A first run cut short: --append continues it (as --resume would) over its own inputs;
+        what has landed since waits for the next generation."""
+        self.manifest = None  # session.start loads it again, after its own checks
+        paths = planned_inputs(doc.get("inputs", []), inputs, 1, who)
+        return ResumePoint(0, 0, 0, [], False, False), AppendPlan(paths, [], [], [], first=True, resume=True)
 
     def _open_array_generation(
         self, manifest: Manifest, entry: dict[str, Any], stretch: Stretch

@@ -37,10 +37,12 @@ def write_directory(run: Run) -> JobResult:
 
 def _write(run: Run, session: OutputSession) -> JobResult:
     cfg = run.cfg
+    resume = cfg.resume
     if cfg.append:
         appended = _start_append(run, session)
-        if appended is not None:
+        if isinstance(appended, JobResult):
             return appended
+        resume = appended
     stages = run.open_stages()
     assignment = {"splits": [s.to_json() for s in run.plan.splits], "record_start": stages.record_start}
     point = session.start(
@@ -49,7 +51,7 @@ def _write(run: Run, session: OutputSession) -> JobResult:
         run.engine.runtime(),
         assignment,
         cfg.overwrite,
-        cfg.resume,
+        resume,
     )
     run.result.add_shards(current(point.finished_shards))
     run.result.resumed_rows = run.result.rows
@@ -102,9 +104,10 @@ def _repeated_ids(run: Run) -> int:
     return repeats
 
 
-def _start_append(run: Run, session: OutputSession) -> JobResult | None:
-    """--append into an OUTPUT that holds a finished run; None when OUTPUT is new (or, for a
-    part of a job array, when it joins the array's first generation: a plain run)."""
+def _start_append(run: Run, session: OutputSession) -> JobResult | bool:
+    """--append into an OUTPUT that holds a finished run. Else a first run over ``run.plan``:
+    False when it is fresh (OUTPUT is new, or a part of a job array joins the array's first
+    generation), True when it continues this writer's own first run, cut short (--resume)."""
     cfg = run.cfg
     stretches: dict[tuple[str, ...], Plan] = {}
 
@@ -119,11 +122,11 @@ def _start_append(run: Run, session: OutputSession) -> JobResult | None:
         stretch if cfg.num_shards > 1 else None,
     )
     if started is None:
-        return None
+        return False
     point, plan = started
     if plan.first:
         run.plan = run.plan.restricted(plan.embed, cfg.num_shards, cfg.shard_index)
-        return None
+        return plan.resume
     replaced = set(plan.superseded)
     run.result.add_shards([s for s in current(point.finished_shards) if s["index"] not in replaced])
     run.result.resumed_rows = run.result.rows
