@@ -13,6 +13,9 @@ is embedded in the new generation, after the existing shards. An input that chan
 embedded again, and so is every unchanged input that shares a shard with it (a shard is
 superseded whole), so that the current shards hold every input's rows exactly once. Readers
 (open_dataset, finished_files, verify) read only shards that are not superseded.
+
+The parts of a job array each keep their own generations; plan_parts plans the next one over
+all of them (see array_append.py), and a part's entry also records its "splits" and the "plan".
 """
 
 from __future__ import annotations
