@@ -139,7 +139,8 @@ def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -
 
 
 def coverage_problems(parts: list[dict]) -> list[str]:
-    """Do the manifest parts' splits tile every input once, and their records follow on?"""
+    """Do the manifest parts' splits tile every input once, and their records follow on, in
+    every generation (--append adds one to every part: output/array_append.py)?"""
     problems = []
     counts = {p["settings"]["plan"]["num_shards"] for p in parts}
     if len(counts) != 1:
@@ -152,14 +153,63 @@ def coverage_problems(parts: list[dict]) -> list[str]:
     if len(indexes) != len(set(indexes)):
         problems.append("two manifest parts claim the same shard index")
     parts = sorted(parts, key=lambda p: p["settings"]["plan"]["shard_index"])
-    problems += _tiling_problems([s for p in parts for s in p.get("assignment", {}).get("splits", [])])
-    for before, after in zip(parts, parts[1:]):
-        end = before.get("assignment", {}).get("record_end")
-        start = after.get("assignment", {}).get("record_start")
-        if end is not None and start is not None and end != start:
-            i, j = (p["settings"]["plan"]["shard_index"] for p in (before, after))
-            problems.append(f"records of shard index {i} end at {end} but index {j} starts at {start}")
+    problems += _generation_problems(parts)
+    if problems:
+        return problems
+    for number in range(len(parts[0].get("generations", [])) or 1):
+        stretches = [(_index(p), *_stretch(p, number)) for p in parts]
+        problems += _tiling_problems([s for _, splits, _, _ in stretches for s in splits])
+        for (i, _, _, end), (j, _, start, _) in zip(stretches, stretches[1:]):
+            if end is not None and start is not None and end != start:
+                where = f" in generation {number + 1}" if number else ""
+                problems.append(
+                    f"records of shard index {i} end at {end} but index {j} starts at {start}{where}"
+                )
     return problems
+
+
+def _index(part: dict) -> int:
+    return part["settings"]["plan"]["shard_index"]
+
+
+def _stretch(part: dict, number: int) -> tuple[list[dict], int | None, int | None]:
+    """(splits, first record, record end) of a part in generation ``number`` (0-based); the
+    first generation's splits are the part's assignment."""
+    gens = part.get("generations", [])
+    if number:
+        gen = gens[number]
+        return gen.get("splits", []), gen.get("record_start"), gen.get("record_end")
+    assignment = part.get("assignment", {})
+    gen = gens[0] if gens else {}
+    start = gen.get("record_start", assignment.get("record_start"))
+    return assignment.get("splits", []), start, gen.get("record_end", assignment.get("record_end"))
+
+
+def _generation_problems(parts: list[dict]) -> list[str]:
+    """Every part must have run the same generations, each with the same plan."""
+    counts = {_index(p): max(len(p.get("generations", [])), 1) for p in parts}
+    most = max(counts.values(), default=1)
+    behind = [i for i, n in counts.items() if n < most]
+    if behind:
+        return [
+            f"shard index {behind[0]} has {counts[behind[0]]} generation(s), others {most}: "
+            "run it again with --append"
+        ]
+    problems = []
+    for number in range(1, most):
+        plans = [(_index(p), _same_plan(p["generations"][number].get("plan"))) for p in parts]
+        for i, plan in plans[1:]:
+            if plan != plans[0][1]:
+                problems.append(
+                    f"shard indexes {plans[0][0]} and {i} planned generation {number + 1} differently "
+                    "(inputs changed while the parts started it); embed OUTPUT anew"
+                )
+                break
+    return problems
+
+
+def _same_plan(plan: dict | None) -> dict | None:
+    return None if plan is None else {k: v for k, v in plan.items() if k != "planned_by"}
 
 
 def _tiling_problems(splits: list[dict]) -> list[str]:

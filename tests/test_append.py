@@ -124,3 +124,31 @@ def test_appended_output_equals_a_plain_full_run_by_id(tmp_path, tiny_model_dir)
     got, want = by_id(tmp_path / "out"), by_id(tmp_path / "plain")
     assert sorted(got) == sorted(want)
     assert max(np.abs(got[k] - want[k]).max() for k in want) < 1e-5
+
+
+def test_a_first_append_cut_short_continues_when_run_again(tmp_path, tiny_model_dir, model_rows):
+    from minilm_cli.output import OutputSession
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_texts(data / "a.txt", 300, seed=1)
+    args = ["embed", str(data), "-o", str(tmp_path / "out"), "--append", "--shard-rows", "100"]
+    args += ["--chunk-size", "50", *model_args(tiny_model_dir), "-q"]
+
+    def disk_full(session) -> None:
+        if session.shards:
+            raise OSError(28, "No space left on device")
+
+    OutputSession.on_shard_in_flight = disk_full
+    try:
+        assert cli(args).exit_code == 1
+    finally:
+        OutputSession.on_shard_in_flight = None
+    write_texts(data / "b.txt", 40, seed=2)  # lands before the rerun: it waits for the next one
+    model_rows.clear()
+    assert cli(args).exit_code == 0
+    assert sum(model_rows) == 200  # the shards after the first, of a only
+    assert rows_read_back(tmp_path / "out") == {"rows": 300, "ids": 300}
+    assert cli(args).exit_code == 0
+    assert rows_read_back(tmp_path / "out") == {"rows": 340, "ids": 340}
+    assert cli(["verify", str(tmp_path / "out")]).exit_code == 0

@@ -243,7 +243,8 @@ _EMBED_OPTIONS = [
         "--append",
         is_flag=True,
         help="Add to OUTPUT the inputs it does not hold yet (new files; changed files are embedded again "
-        "and their old shards superseded). Rerun after a failure to continue.",
+        "and their old shards superseded). Rerun after a failure to continue. With --num-shards, every "
+        "task of the array embeds its part of the same new generation; merge-manifests once all have run.",
     ),
     click.option(
         "--reuse",

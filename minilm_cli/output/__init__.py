@@ -5,6 +5,7 @@
   manifest.py the manifest: a header plus one commit marker per shard, compacted at the end
   outdir.py   one writer's rules: lock, --overwrite, --resume clean-up and damage checks
   session.py  OutputSession: all of the above for one writer, driven by the pipeline
+  generations.py, array_append.py  --append: generations, alone or in every part of a job array
   merge.py    finished_files, open_dataset, merge-manifests
   keyindex.py KeyIndex: the sorted key files of many shards, searchable in bounded memory
   verify.py   `minilm verify`; verify_keys.py: key files and reused rows; ids.py: repeated ids

@@ -13,6 +13,9 @@ is embedded in the new generation, after the existing shards. An input that chan
 embedded again, and so is every unchanged input that shares a shard with it (a shard is
 superseded whole), so that the current shards hold every input's rows exactly once. Readers
 (open_dataset, finished_files, verify) read only shards that are not superseded.
+
+The parts of a job array each keep their own generations; plan_parts plans the next one over
+all of them (see array_append.py), and a part's entry also records its "splits" and the "plan".
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class AppendPlan:
     superseded: list[int]  # shard indexes
     new: list[str]
     changed: list[str]
+    first: bool = False  # generation 1 (not an append): a plain run over ``embed`` ...
+    resume: bool = False  # ... that continues this writer's own unfinished one
+    note: str = ""  # why there is nothing to do, when that is worth saying
 
     @property
     def nothing_to_do(self) -> bool:
@@ -43,19 +49,39 @@ def current(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plan_append(doc: dict[str, Any], inputs: list[dict[str, Any]]) -> AppendPlan:
     """Compare this run's inputs with what the manifest already holds."""
-    known = {f["path"]: f for f in doc.get("inputs", [])}
+    plan = plan_parts({0: doc}, inputs)
+    return AppendPlan(plan.embed, [index for _, index in plan.superseded], plan.new, plan.changed)
+
+
+@dataclass
+class PartsPlan:
+    """AppendPlan over the parts of a job array: superseded shards are (part, index)."""
+
+    embed: list[str]
+    superseded: list[tuple[int, int]]
+    new: list[str]
+    changed: list[str]
+
+
+def plan_parts(docs: dict[int, dict[str, Any]], inputs: list[dict[str, Any]]) -> PartsPlan:
+    """What the next generation embeds, from every part's manifest (one for a single run).
+    Records are numbered over all parts, so a shard's span and an input's records compare
+    across parts."""
+    known: dict[str, dict] = {}
+    for part in sorted(docs):
+        known.update({f["path"]: f for f in docs[part].get("inputs", [])})
     new = [f["path"] for f in inputs if f["path"] not in known]
     changed = [f["path"] for f in inputs if f["path"] in known and known[f["path"]] != f]
-    spans = _shard_spans(doc)
-    ranges = _input_ranges(doc)
+    spans = {(part, index): span for part in docs for index, span in _shard_spans(docs[part]).items()}
+    ranges = _input_ranges(list(docs.values()))
     redo, superseded = set(changed), set()
     grew = True
     while grew:  # a superseded shard's other inputs must be embedded again too
         grew = False
-        for index, span in spans.items():
-            if index in superseded or not any(_overlap(span, ranges.get(p)) for p in redo):
+        for key, span in spans.items():
+            if key in superseded or not any(_overlap(span, ranges.get(p)) for p in redo):
                 continue
-            superseded.add(index)
+            superseded.add(key)
             redo |= {p for p, r in ranges.items() if _overlap(span, r)}
             grew = True
     present = {f["path"] for f in inputs}
@@ -68,7 +94,7 @@ def plan_append(doc: dict[str, Any], inputs: list[dict[str, Any]]) -> AppendPlan
             "but it is not among this run's inputs"
         )
     embed = [f["path"] for f in inputs if f["path"] in redo or f["path"] in new]
-    return AppendPlan(embed, sorted(superseded), new, changed)
+    return PartsPlan(embed, sorted(superseded), new, changed)
 
 
 def _shard_spans(doc: dict[str, Any]) -> dict[int, tuple[int, int]]:
@@ -84,17 +110,24 @@ def _shard_spans(doc: dict[str, Any]) -> dict[int, tuple[int, int]]:
     return spans
 
 
-def _input_ranges(doc: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """path -> [start, end) of its records, from the latest generation that embedded it."""
-    ranges: dict[str, tuple[int, int]] = {}
-    for gen in doc.get("generations", []):
-        for r in gen.get("input_records", []):
-            ranges[r["path"]] = (r["start"], r["end"])
-    return ranges
+def _input_ranges(docs: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """path -> its [start, end) record ranges (one per split, over every part) in the latest
+    generation that embedded it."""
+    latest: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+    for doc in docs:
+        for gen in doc.get("generations", []):
+            number = gen["generation"]
+            for r in gen.get("input_records", []):
+                seen = latest.get(r["path"])
+                if seen is None or seen[0] < number:
+                    seen = latest[r["path"]] = (number, [])
+                if seen[0] == number:
+                    seen[1].append((r["start"], r["end"]))
+    return {path: pieces for path, (_, pieces) in latest.items()}
 
 
-def _overlap(a: tuple[int, int], b: tuple[int, int] | None) -> bool:
-    return b is not None and a[0] < b[1] and b[0] < a[1]
+def _overlap(a: tuple[int, int], pieces: list[tuple[int, int]] | None) -> bool:
+    return any(a[0] < b[1] and b[0] < a[1] for b in pieces or [])
 
 
 def open_generation(

@@ -135,13 +135,68 @@ def merge_manifests(root: str | Path) -> tuple[str, list[str]]:
     if reuse:
         merged.doc["reuse"] = reuse  # the --reuse sources the shards name (verify checks them)
     row = 0
-    for doc in docs:
-        for shard in doc["shards"]:
-            merged.shards.append({**shard, "first_row": row, "part": doc["settings"]["plan"]["shard_index"]})
-            row += shard["rows"]
+    for _, part, shard in sorted(_shards_by_generation(docs), key=lambda t: t[:2] + (t[2]["index"],)):
+        merged.shards.append({**shard, "first_row": row, "part": part})
+        row += shard["rows"]
+    merged.doc["generations"] = _merged_generations(docs)
     totals: dict[str, Any] = {}
     for key in ("rows", "rejected", "truncated", "shards", "tokens", "padded_tokens"):
         totals[key] = sum(d["totals"].get(key, 0) for d in docs)
     totals["seconds"] = max(d["totals"].get("seconds", 0) for d in docs)
     merged.finish("complete", totals)
     return target, []
+
+
+def _shards_by_generation(docs: list[dict]) -> list[tuple[int, int, dict]]:
+    """(generation, part, shard) of every shard: the merged list is ordered by generation, then
+    part, so rows come in record order (default ids ascending) across --append generations."""
+    out = []
+    for doc in docs:
+        part = doc["settings"]["plan"]["shard_index"]
+        firsts = [(g["first_shard"], g["generation"]) for g in doc.get("generations", [])]
+        for shard in doc["shards"]:
+            number = max((g for first, g in firsts if first <= shard["index"]), default=1)
+            out.append((number, part, shard))
+    return out
+
+
+def _merged_generations(docs: list[dict]) -> list[dict]:
+    """The array's generations: what each embedded, its records, and every part's shards it superseded."""
+    merged = []
+    for number, gen in enumerate(docs[0].get("generations", [])):
+        gens = [d["generations"][number] for d in docs]
+        merged.append(
+            {
+                "generation": gen["generation"],
+                "started": min((g.get("started") or "" for g in gens), default="") or None,
+                "inputs": gen.get("inputs", []),
+                "record_start": min(g.get("record_start", 0) for g in gens),
+                "record_end": max(g.get("record_end", 0) for g in gens),
+                "superseded": [
+                    [d["settings"]["plan"]["shard_index"], index]
+                    for d, g in zip(docs, gens)
+                    for index in g.get("superseded", [])
+                ],
+            }
+        )
+    return merged
+
+
+def stale_merge_problems(root: str, doc: dict, storage: Storage | None = None) -> list[str]:
+    """A merged manifest.json is a snapshot: a part that --append has taken on since is not in it."""
+    if "parts" not in doc:
+        return []
+    storage = storage or storage_for(root)
+    merged = max(len(doc.get("generations", [])), 1)
+    problems = []
+    for path in manifest_parts(root, storage):
+        try:
+            part = Manifest.load(path, storage).doc
+        except ManifestError:
+            continue  # not part of the merged snapshot's promise; merge-manifests reports it
+        if len(part.get("generations", [])) > merged:
+            problems.append(
+                f"manifest.json holds {merged} generation(s) but {os.path.basename(path)} has "
+                f"{len(part['generations'])} (appended since the merge): run minilm merge-manifests"
+            )
+    return problems

@@ -28,11 +28,23 @@ import pyarrow as pa
 from ..batching import Chunk
 from ..errors import InputError, Interrupted, OutputConflict
 from ..storage import Storage, storage_for
-from .generations import AppendPlan, close_generation, generation_in_progress, open_generation, plan_append
+from .array_append import check_settings, load_parts, next_step, plan_entry, planned_inputs
+from .array_append import record_end as array_record_end
+from .generations import (
+    AppendPlan,
+    close_generation,
+    generation_in_progress,
+    open_generation,
+    plan_append,
+    plan_parts,
+)
 from .layout import Layout
 from .manifest import Manifest, first_difference
 from .outdir import OutputDir
 from .writers import ShardRecord, ShardWriter
+
+# (paths of a generation's inputs, its first record) -> (this part's splits, its first record)
+Stretch = Callable[[list[str], int], tuple[list[dict[str, Any]], int]]
 
 
 @dataclass
@@ -128,11 +140,20 @@ class OutputSession:
         )
 
     def start_append(
-        self, settings: dict[str, Any], inputs: list[dict[str, Any]], runtime: dict[str, Any]
+        self,
+        settings: dict[str, Any],
+        inputs: list[dict[str, Any]],
+        runtime: dict[str, Any],
+        stretch: Stretch | None = None,
     ) -> tuple[ResumePoint, AppendPlan] | None:
         """--append: continue OUTPUT with a new generation (or the one a failure cut short).
-        None when OUTPUT holds no output yet: then it is a fresh run."""
+        None when OUTPUT holds no output yet: then it is a fresh run. A part of a job array
+        (see output/array_append.py) needs ``stretch``: its splits and first record of the
+        generation's inputs."""
         hook_point(self, "prepare")
+        if self.names.sharded:
+            assert stretch is not None, "a part of a job array appends its own stretch"
+            return self._start_array_append(settings, inputs, runtime, stretch)
         if not self.storage.exists(self.names.manifest_path):
             return None
         manifest = Manifest.load(self.names.manifest_path, self.storage)
@@ -143,6 +164,8 @@ class OutputSession:
         gen = generation_in_progress(manifest.doc)
         if gen is not None:
             plan = self._continue_generation(gen, inputs)
+        elif manifest.doc.get("status") != "complete" and not manifest.doc.get("generations"):
+            return self._continue_first(manifest.doc, inputs, "this run")
         elif manifest.doc.get("status") != "complete":
             raise OutputConflict(
                 f"--append: {self.root} holds an unfinished run; finish it with --resume first"
@@ -152,6 +175,12 @@ class OutputSession:
             if plan.nothing_to_do:
                 return ResumePoint(0, 0, 0, list(manifest.shards), True, True), plan
             self._open_generation(manifest, inputs, plan)
+        return self._begin_generation(runtime), plan
+
+    def _begin_generation(self, runtime: dict[str, Any]) -> ResumePoint:
+        """The generation opened (or continued) in the manifest: save it, start writing."""
+        manifest = self.manifest
+        assert manifest is not None
         manifest.doc["status"] = "running"
         manifest.doc["runtime"] = runtime
         manifest.save()
@@ -160,7 +189,68 @@ class OutputSession:
         self.writer = ShardWriter(
             self.names, self.format, self.dtype, next_shard, self.metadata_schema, self.storage
         )
-        return ResumePoint(next_shard, first_row, first_record, list(manifest.shards), False, True), plan
+        return ResumePoint(next_shard, first_row, first_record, list(manifest.shards), False, True)
+
+    def _start_array_append(
+        self,
+        settings: dict[str, Any],
+        inputs: list[dict[str, Any]],
+        runtime: dict[str, Any],
+        stretch: Stretch,
+    ) -> tuple[ResumePoint, AppendPlan] | None:
+        parts = load_parts(self.names, self.storage)
+        check_settings(parts, settings, self.names.shard_index)
+        step = next_step(parts, self.names)
+        if step.kind == "fresh":
+            return None
+        if step.kind == "first" and step.own is not None:
+            return self._continue_first(step.own.doc, inputs, "this part")
+        if step.kind == "first":  # a plain run over the inputs the other parts started with
+            paths = planned_inputs(step.inputs, inputs, 1)
+            return ResumePoint(0, 0, 0, [], False, False), AppendPlan(paths, [], [], [], first=True)
+        manifest = self.manifest = step.own
+        assert manifest is not None
+        done = list(manifest.shards)
+        if step.kind == "wait":
+            return ResumePoint(0, 0, 0, done, True, True), AppendPlan([], [], [], [], note=step.note)
+        if step.kind == "continue":
+            plan = self._continue_generation(manifest.doc["generations"][-1], inputs)
+            return self._begin_generation(runtime), plan
+        if step.kind == "join":
+            entry = step.plan
+            assert entry is not None
+            planned_inputs(entry["inputs"], inputs, len(manifest.doc["generations"]) + 1)
+        else:
+            planned = plan_parts(step.docs, inputs)
+            if not planned.embed:
+                return ResumePoint(0, 0, 0, done, True, True), AppendPlan([], [], [], [])
+            entry = plan_entry(planned, inputs, array_record_end(step.docs), self.names.shard_index)
+        plan = self._open_array_generation(manifest, entry, stretch)
+        return self._begin_generation(runtime), plan
+
+    def _continue_first(
+        self, doc: dict[str, Any], inputs: list[dict[str, Any]], who: str
+    ) -> tuple[ResumePoint, AppendPlan]:
+        """A first run cut short: --append continues it (as --resume would) over its own inputs;
+        what has landed since waits for the next generation."""
+        self.manifest = None  # session.start loads it again, after its own checks
+        paths = planned_inputs(doc.get("inputs", []), inputs, 1, who)
+        return ResumePoint(0, 0, 0, [], False, False), AppendPlan(paths, [], [], [], first=True, resume=True)
+
+    def _open_array_generation(
+        self, manifest: Manifest, entry: dict[str, Any], stretch: Stretch
+    ) -> AppendPlan:
+        """Generation G+1 of this part: its stretch of the plan's inputs, its own superseded shards."""
+        doc = manifest.doc
+        paths = [f["path"] for f in entry["inputs"]]
+        own = [index for part, index in entry["superseded"] if part == self.names.shard_index]
+        splits, record_start = stretch(paths, entry["record_start"])
+        gen = open_generation(doc, entry["inputs"], manifest.resume_point()[0], record_start)
+        gen.update(superseding=own, splits=splits, plan=entry)
+        known = {f["path"]: f for f in doc.get("inputs", [])}
+        known.update({f["path"]: f for f in entry["inputs"]})
+        doc["inputs"] = list(known.values())
+        return AppendPlan(paths, own, list(entry["new"]), list(entry["changed"]))
 
     def _continue_generation(self, gen: dict[str, Any], inputs: list[dict[str, Any]]) -> AppendPlan:
         now = {f["path"]: f for f in inputs}
@@ -221,8 +311,9 @@ class OutputSession:
     ) -> None:
         assert self.manifest is not None
         doc = self.manifest.doc
-        doc.setdefault("assignment", {})["record_end"] = record_end
         gen = generation_in_progress(doc)
+        if gen is None:  # the assignment is generation 1's; a later one records its own span
+            doc.setdefault("assignment", {})["record_end"] = record_end
         superseded = gen.get("superseding", []) if gen is not None else []
         close_generation(doc, record_end, input_records or [], superseded)
         self.manifest.finish("complete", totals)

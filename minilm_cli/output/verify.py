@@ -17,7 +17,7 @@ from .ids import DuplicateScan
 from .layout import relative as layout_rel
 from .layout import shard_folders
 from .manifest import Manifest, ManifestError, find_manifests, layout_of
-from .merge import settings_mix_problems
+from .merge import settings_mix_problems, stale_merge_problems
 from .verify_keys import KeyChecks
 from .writers import sha256_of
 
@@ -82,6 +82,8 @@ class _Verifier:
                 self.id_column = self.docs[0][1].get("settings", {}).get("id_column")
             if len(self.docs) > 1 or (self.docs and self.docs[0][0] != "manifest.json"):
                 self.parts()
+            elif self.docs:
+                self.report.problems += stale_merge_problems(self.root, self.docs[0][1], self.storage)
             self.duplicates()
             if self.all_read:
                 self.orphans()

@@ -53,13 +53,16 @@ class Plan:
                 total += sum(pf.metadata.row_group(g).num_rows for g in groups)
         return total
 
-    def only(self, paths: list[str]) -> Plan:
-        """The same run over some of its inputs (--append: the ones OUTPUT does not hold)."""
+    def restricted(self, paths: list[str], num_shards: int, shard_index: int) -> Plan:
+        """The same run over some of its inputs (--append: the ones OUTPUT does not hold yet),
+        cut into ``num_shards`` stretches again, of which this part reads ``shard_index``."""
         from ..storage import redact_url
 
         wanted = set(paths)  # as the manifest records them: URLs without credentials
-        splits = [s for s in self.splits if redact_url(s.file.path) in wanted]
-        return Plan(self.files, splits, [], self.schema)
+        files = [f for f in self.files if redact_url(f.path) in wanted]
+        stretches = plan_splits(files, num_shards)
+        earlier = [s for rank in stretches[:shard_index] for s in rank]
+        return Plan(files, stretches[shard_index], earlier, self.schema)
 
     def record_start(self, cfg: EmbedConfig) -> int:
         """Default ids number rows over all inputs: count what the parts before this one hold."""

@@ -93,10 +93,8 @@ def check_config(cfg: EmbedConfig) -> None:
         raise InputError(f"encoding_errors {cfg.encoding_errors!r}: use strict or replace")
     if not cfg.output:
         raise InputError("-o/--output is empty: name a directory, or - for stdout")
-    if cfg.append and (cfg.resume or cfg.overwrite or cfg.to_stdout or cfg.num_shards > 1):
-        raise InputError(
-            "--append adds to one OUTPUT directory: not with --resume, --overwrite, -o - or --num-shards"
-        )
+    if cfg.append and (cfg.resume or cfg.overwrite or cfg.to_stdout):
+        raise InputError("--append adds to an OUTPUT directory: not with --resume, --overwrite or -o -")
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pick one")
     if cfg.to_stdout and (cfg.resume or cfg.format not in (None, "jsonl")):

@@ -13,7 +13,7 @@ from ..output import OutputSession, count_duplicate_ids
 from ..output.generations import current
 from ..sources import schema_to_json
 from .result import JobResult
-from .run import Run
+from .run import Plan, Run
 from .settings import metadata_schema, run_settings
 
 
@@ -37,10 +37,12 @@ def write_directory(run: Run) -> JobResult:
 
 def _write(run: Run, session: OutputSession) -> JobResult:
     cfg = run.cfg
+    resume = cfg.resume
     if cfg.append:
         appended = _start_append(run, session)
-        if appended is not None:
+        if isinstance(appended, JobResult):
             return appended
+        resume = appended
     stages = run.open_stages()
     assignment = {"splits": [s.to_json() for s in run.plan.splits], "record_start": stages.record_start}
     point = session.start(
@@ -49,7 +51,7 @@ def _write(run: Run, session: OutputSession) -> JobResult:
         run.engine.runtime(),
         assignment,
         cfg.overwrite,
-        cfg.resume,
+        resume,
     )
     run.result.add_shards(current(point.finished_shards))
     run.result.resumed_rows = run.result.rows
@@ -105,28 +107,42 @@ def _repeated_ids(run: Run) -> int:
     return repeats
 
 
-def _start_append(run: Run, session: OutputSession) -> JobResult | None:
-    """--append into an OUTPUT that holds a finished run; None when OUTPUT is new."""
+def _start_append(run: Run, session: OutputSession) -> JobResult | bool:
+    """--append into an OUTPUT that holds a finished run. Else a first run over ``run.plan``:
+    False when it is fresh (OUTPUT is new, or a part of a job array joins the array's first
+    generation), True when it continues this writer's own first run, cut short (--resume)."""
     cfg = run.cfg
+    stretches: dict[tuple[str, ...], Plan] = {}
+
+    def stretch(paths: list[str], record_start: int) -> tuple[list[dict], int]:
+        part = stretches[tuple(paths)] = run.plan.restricted(paths, cfg.num_shards, cfg.shard_index)
+        return [s.to_json() for s in part.splits], record_start + part.record_start(cfg)
+
     started = session.start_append(
         run_settings(cfg, run.embedder, columns_json(run)),
         [f.fingerprint() for f in run.plan.files],
         run.engine.runtime(),
+        stretch if cfg.num_shards > 1 else None,
     )
     if started is None:
-        return None
+        return False
     point, plan = started
+    if plan.first:
+        run.plan = run.plan.restricted(plan.embed, cfg.num_shards, cfg.shard_index)
+        return plan.resume
     replaced = set(plan.superseded)
     run.result.add_shards([s for s in current(point.finished_shards) if s["index"] not in replaced])
     run.result.resumed_rows = run.result.rows
     if point.complete:
-        run.log(f"{session.root} already holds every input; nothing to append")
+        run.log(plan.note or f"{session.root} already holds every input; nothing to append")
         return run.finish()
     run.log(
         f"appending {len(plan.embed)} input(s) ({len(plan.new)} new, {len(plan.changed)} changed) "
         f"after {len(point.finished_shards)} shard(s)"
         + (f"; {len(plan.superseded)} shard(s) superseded" if plan.superseded else "")
     )
-    run.plan = run.plan.only(plan.embed)
+    run.plan = stretches.get(tuple(plan.embed)) or run.plan.restricted(
+        plan.embed, cfg.num_shards, cfg.shard_index
+    )
     run.open_stages(record_start=session.manifest.doc["generations"][-1]["record_start"])  # type: ignore[union-attr]
     return _run_to_end(run, session, point.first_row, point.first_record)
