@@ -472,7 +472,7 @@ def test_resume_of_complete_output_has_nothing_to_do(tmp_path, tiny_model_dir):
     again = cli([*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "already complete; nothing to do" in again.stderr
-    assert "embedded 250 rows into 3 shard(s)" in again.stderr
+    assert f"added 0 rows; {out} holds 250 rows in 3 shard(s)" in again.stderr
     assert snapshot(out) == before
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing rewritten
     assert cli(["verify", str(out)]).exit_code == 0

@@ -79,7 +79,11 @@ class JobResult:
             what = f"{self.rows} rows"
         copied = self.rows - self.embedded if self.overflow in ("truncate", "reject") else 0
         reused = f"; {copied} rows copied an earlier vector (repeated text or --reuse)" if copied > 0 else ""
+        lead = f"embedded {what}{shards}"
+        if self.resumed_rows and self.output != "-":  # --resume, --append: say what this run added
+            added = self.rows - self.resumed_rows
+            lead = f"added {added} rows; {self.output} holds {what} in {self.shards} shard(s)"
         return (
-            f"embedded {what}{shards}; {self.rejected} rejected, {self.truncated} truncated; "
+            f"{lead}; {self.rejected} rejected, {self.truncated} truncated; "
             f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}{reused}"
         )
