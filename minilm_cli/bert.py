@@ -121,48 +121,6 @@ class BertEncoder(nn.Module):
         return hidden.view(batch, length, -1)
 
 
-class PackedLinear(nn.Module):
-    """A Linear whose weight oneDNN has laid out for its own kernels once, optionally with the
-    activation fused into the matmul: on the CPUs we measured, about 10% faster than the MKL
-    GEMM that F.linear calls, and the GELU pass over the FFN's widest tensor is gone."""
-
-    def __init__(self, linear: nn.Linear, activation: str = "none") -> None:
-        super().__init__()
-        weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", linear.bias.detach().clone())
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, self.activation, [], "none")
-
-
-def pack_for_cpu(encoder: BertEncoder) -> bool:
-    """Swap every Linear for a PackedLinear (fp32, CPU), GELU fused into the FFN's first matmul.
-    False, and nothing changed, where this torch has no usable oneDNN."""
-    try:
-        probe = nn.Linear(8, 8)
-        packed = PackedLinear(probe, "gelu")
-        with torch.inference_mode():
-            x = torch.randn(3, 8)
-            if not torch.allclose(packed(x), F.gelu(probe(x)), atol=1e-5):
-                return False
-    except (AttributeError, RuntimeError):
-        return False
-    for layer in encoder.layers:
-        layer.qkv = PackedLinear(layer.qkv)
-        layer.attention_out = PackedLinear(layer.attention_out)
-        fuse = layer.activation is F.gelu
-        layer.intermediate = PackedLinear(layer.intermediate, "gelu" if fuse else "none")
-        layer.activation = _identity if fuse else layer.activation
-        layer.output = PackedLinear(layer.output)
-    return True
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def load_bert(folder: str | Path, weights_file: str) -> BertEncoder | None:
     """Our encoder with the folder's weights, or None when it is not a plain BERT we implement."""
     folder = Path(folder)

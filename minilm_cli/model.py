@@ -306,11 +306,6 @@ class Embedder:
         self.model = network.module.eval().to(self.device)
         if self.precision != "fp32":
             self._precast_linear_weights(DTYPES[self.precision])
-        self.packed = False
-        if network.ours and self.device.type == "cpu" and self.precision == "fp32":
-            from .bert import pack_for_cpu
-
-            self.packed = pack_for_cpu(self.model)
         self.compiled = compile
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
 
@@ -350,12 +345,7 @@ class Embedder:
         if self.device.type == "cpu":
             parts.append(f"cpu {torch.backends.cpu.get_cpu_capability()}")
             if self.precision == "fp32":
-                mkl = "MKL" if torch.backends.mkl.is_available() else ""
-                parts.append(
-                    "matmul fp32 (oneDNN, packed weights, GELU fused)"
-                    if self.packed
-                    else f"matmul fp32 ({mkl})"
-                )
+                parts.append("matmul fp32 (MKL)" if torch.backends.mkl.is_available() else "matmul fp32")
             else:
                 native = cpu_has_native_bf16() if self.precision == "bf16" else False
                 how = "native" if native else "no native support: converted in the kernels"

@@ -139,19 +139,3 @@ def test_embedding_with_the_packaged_model_never_imports_transformers_models() -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["(1,", "384)", "False"]
-
-
-def test_onednn_packed_linears_compute_what_plain_linears_compute(real_model_dir: str) -> None:
-    from minilm_cli.bert import PackedLinear, pack_for_cpu
-
-    embedder = Embedder(model=real_model_dir, device="cpu", precision="fp32")
-    plain = load_bert(real_model_dir, str(Path(real_model_dir) / "model.safetensors"))
-    packed = load_bert(real_model_dir, str(Path(real_model_dir) / "model.safetensors"))
-    if not pack_for_cpu(packed):
-        pytest.skip("this torch has no usable oneDNN linear")
-    assert isinstance(packed.layers[0].intermediate, PackedLinear)
-    assert "oneDNN, packed weights" in embedder.kernels()
-    ids, mask = _padded_batch(embedder, TEXTS)
-    with torch.inference_mode():
-        a, b = plain(ids, mask), packed(ids, mask)
-    assert torch.allclose(a, b, atol=1e-5, rtol=0)
