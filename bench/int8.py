@@ -33,6 +33,7 @@ import copy
 import importlib.util
 import logging
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -224,6 +225,7 @@ def main() -> None:
         )
     verdicts(results, ref_scores, med)
     sys.stdout.flush()
+    shutil.rmtree(workdir, ignore_errors=True)  # the exported models: about 500 MB
 
 
 if __name__ == "__main__":
