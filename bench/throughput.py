@@ -147,6 +147,8 @@ def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, obje
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning threads after a run: the engine timed next would lose the cores to them
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     return {
         "fp32": ort.InferenceSession(str(fp32_path), options, providers=providers),

@@ -58,3 +58,13 @@ def test_incremental_bench_prints_every_case():
     out = _run(str(BENCH / "incremental.py"), "--rows", "40")
     for case in ("night 1", "--append", "--reuse night 1", "--no-dedup", "dedup (default)"):
         assert case in out, out
+
+
+@pytest.mark.slow
+def test_int8_bench_prints_accuracy_speed_and_verdicts():
+    pytest.importorskip("onnxruntime")
+    args = ["--rows", "8", "--long-rows", "2", "--speed-rows", "8", "--rounds", "1", "--alphas", "0.8"]
+    out = _run(str(BENCH / "int8.py"), *args, "--only", "U8U8$|FFN out fp32")
+    for name in ("torch SQ a=0.8, FFN out fp32", "ORT ours SQ a=0.8 U8U8", "ONNX Runtime int8 (reference)"):
+        assert out.count(name) == 3, out  # accuracy, speed and verdict rows
+    assert "verdict per variant" in out and "x ORT int8" in out
