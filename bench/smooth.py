@@ -109,19 +109,10 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         if isinstance(module, nn.Linear):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, MatMulLinear(module))
+    from throughput import export_hidden  # bench/ is on sys.path for the scripts that import us
+
     ids = torch.tensor([[101, 2023, 2003, 102], [101, 2023, 102, 0]])
-    axes = {0: "batch", 1: "length"}
-    with torch.inference_mode():
-        torch.onnx.export(
-            model,
-            (ids, (ids != 0).long()),
-            str(path),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["hidden"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_hidden(model, path, ids, (ids != 0).long())
 
 
 def quantize_onnx(

@@ -129,19 +129,8 @@ def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, obje
     fp32_path, int8_path = workdir / "model.onnx", workdir / "model-int8.onnx"
     model = Hidden(AutoModel.from_pretrained(model_path, attn_implementation="eager").eval())
     ids = torch.ones(2, 16, dtype=torch.int64)
-    axes = {0: "batch", 1: "length"}
     try:
-        with torch.inference_mode():
-            torch.onnx.export(
-                model,
-                (ids, ids),
-                str(fp32_path),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["hidden"],
-                dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
-                opset_version=17,
-                dynamo=False,
-            )
+        export_hidden(model, fp32_path, ids, ids)
         quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
     except Exception as exc:  # noqa: BLE001 - exporter or quantizer missing/failing: say so, go on
         return f"ONNX export/quantization failed ({type(exc).__name__}: {str(exc)[:160]}): rows skipped"
@@ -156,6 +145,24 @@ def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, obje
         "fp32": ort.InferenceSession(str(fp32_path), options, providers=providers),
         "int8": ort.InferenceSession(str(int8_path), options, providers=providers),
     }
+
+
+def export_hidden(model, path: Path, ids, mask) -> None:
+    """model(input_ids, attention_mask) -> last hidden state, to ONNX with dynamic batch and length."""
+    import torch
+
+    axes = {0: "batch", 1: "length"}
+    with torch.inference_mode():
+        torch.onnx.export(
+            model,
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["hidden"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def onnx_embed(session, chunk, dim: int) -> np.ndarray:
