@@ -15,7 +15,6 @@ to transformers' AutoModel. Weights load from safetensors only: no pickle is eve
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,16 +120,12 @@ class BertEncoder(nn.Module):
         return hidden.view(batch, length, -1)
 
 
-def load_bert(folder: str | Path, weights_file: str) -> BertEncoder | None:
-    """Our encoder with the folder's weights, or None when it is not a plain BERT we implement."""
-    folder = Path(folder)
+def load_bert(config: dict, weights_file: str | Path) -> BertEncoder | None:
+    """Our encoder with these weights (config: the folder's config.json, already read), or None
+    when it is not a plain BERT we implement."""
     if not str(weights_file).endswith(".safetensors"):
         return None
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    shape = bert_shape(config) if isinstance(config, dict) else None
+    shape = bert_shape(config)
     if shape is None:
         return None
     from safetensors.torch import load_file

@@ -45,7 +45,7 @@ class Network:
 def load_network(folder: str, weights_file: str) -> Network:
     """Our encoder where it applies, else transformers' AutoModel (sdpa attention)."""
     config = read_config(folder)
-    ours = load_bert(folder, os.path.join(folder, weights_file))
+    ours = load_bert(config, os.path.join(folder, weights_file))
     if ours is not None:
         return Network(ours, config, True)
     from transformers import AutoModel

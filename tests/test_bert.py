@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from minilm_cli.bert import BertEncoder, load_bert
-from minilm_cli.loading import _plain_tokenizer, _transformers_tokenizer, load_network
+from minilm_cli.loading import _plain_tokenizer, _transformers_tokenizer, load_network, read_config
 from minilm_cli.model import Embedder
 
 TEXTS = [
@@ -70,8 +70,8 @@ def test_a_bertfor_checkpoint_with_a_bert_prefix_loads(tmp_path: Path, tiny_mode
     shutil.copytree(tiny_model_dir, folder)
     tensors = load_file(str(folder / "model.safetensors"))
     save_file({f"bert.{k}": v for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    plain = load_bert(tiny_model_dir, str(Path(tiny_model_dir) / "model.safetensors"))
-    prefixed = load_bert(folder, str(folder / "model.safetensors"))
+    plain = load_bert(read_config(tiny_model_dir), str(Path(tiny_model_dir) / "model.safetensors"))
+    prefixed = load_bert(read_config(str(folder)), str(folder / "model.safetensors"))
     assert prefixed is not None and plain is not None
     for (name, a), (_, b) in zip(plain.state_dict().items(), prefixed.state_dict().items()):
         assert torch.equal(a, b), name
@@ -89,7 +89,7 @@ def test_a_model_we_do_not_implement_loads_through_transformers(
     config = json.loads((folder / "config.json").read_text())
     config.update(change)
     (folder / "config.json").write_text(json.dumps(config))
-    assert load_bert(folder, str(folder / "model.safetensors")) is None
+    assert load_bert(read_config(str(folder)), str(folder / "model.safetensors")) is None
     if change.get("model_type") != "roberta":  # a roberta config over bert weights cannot load at all
         network = load_network(str(folder), "model.safetensors")
         assert not network.ours and not isinstance(network.module, BertEncoder)
@@ -103,7 +103,7 @@ def test_missing_weights_fall_back_rather_than_load_half_a_model(tmp_path: Path,
     tensors = load_file(str(folder / "model.safetensors"))
     del tensors["encoder.layer.1.output.dense.weight"]
     save_file(tensors, str(folder / "model.safetensors"))
-    assert load_bert(folder, str(folder / "model.safetensors")) is None
+    assert load_bert(read_config(str(folder)), str(folder / "model.safetensors")) is None
 
 
 def test_the_plain_tokenizer_gives_the_ids_transformers_gives(
