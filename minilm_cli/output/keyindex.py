@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -98,11 +99,9 @@ class KeyIndex:
             rows = np.nonzero(bucket_of == b)[0]
             at = np.searchsorted(entries["hi"], keys[rows, 0])
             for row, i in zip(rows, at):
-                while i < len(entries) and entries["hi"][i] == keys[row, 0]:
-                    if entries["lo"][i] == keys[row, 1]:
-                        hits.append((int(row), int(entries["src"][i]), int(entries["row"][i])))
-                        break
-                    i += 1
+                found = next(_holders(entries, int(i), keys[row]), None)
+                if found is not None:
+                    hits.append((int(row), *found))
         hits.sort(key=lambda h: (h[1], h[2]))
         return hits
 
@@ -111,13 +110,7 @@ class KeyIndex:
         entries = self.buckets[int(key[0] >> np.uint64(56))]
         if not len(entries):
             return []
-        i = int(np.searchsorted(entries["hi"], key[0]))
-        out = []
-        while i < len(entries) and entries["hi"][i] == key[0]:
-            if entries["lo"][i] == key[1]:
-                out.append((int(entries["src"][i]), int(entries["row"][i])))
-            i += 1
-        return out
+        return list(_holders(entries, int(np.searchsorted(entries["hi"], key[0])), key))
 
     def vector(self, src: int, row: int) -> np.ndarray:
         """The stored vector of row ``row`` of source ``src``, as float32."""
@@ -140,6 +133,15 @@ class KeyIndex:
         for f in self.files:
             f.close()
         self.files = []
+
+
+def _holders(entries: np.ndarray, i: int, key: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(src, row in src) of each entry holding ``key``, from ``i``, its first possible place in
+    the bucket (keys sharing ``hi`` sit together, in no order of ``lo``)."""
+    while i < len(entries) and entries["hi"][i] == key[0]:
+        if entries["lo"][i] == key[1]:
+            yield int(entries["src"][i]), int(entries["row"][i])
+        i += 1
 
 
 def _row_group_of(path: str, row: int) -> tuple[int, np.ndarray]:
