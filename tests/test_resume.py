@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO, WORDS, cli, listed_shards, manifest, model_args, sha256
+from helpers import REPO, WORDS, assert_one_line_error, cli, listed_shards, manifest, model_args, sha256
 
 from minilm_cli.errors import Interrupted
 from minilm_cli.output import ShardWriter
@@ -349,13 +349,8 @@ CHANGED_FLAGS = [
 
 
 def assert_refused(result, *words: str) -> None:
-    assert result.exit_code == 3, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("minilm: error: --resume refused"), lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in result.output
+    line = assert_one_line_error(result, 3, *words)
+    assert line.startswith("minilm: error: --resume refused"), line
 
 
 def snapshot(out: Path) -> dict[str, str]:
