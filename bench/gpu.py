@@ -5,16 +5,14 @@
 
 For each engine: rows/s, tokens/s, achieved TFLOP/s (about 21.5 MFLOP per real token for
 MiniLM-L6-H384: 2 x 22M weights, plus attention), its share of the device's dense peak where
-the device is known, GPU utilisation sampled from nvidia-smi while it ran, and min cosine
+the device is known, GPU utilisation sampled through NVML while it ran, and min cosine
 against sentence-transformers fp32.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,23 +29,28 @@ PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L
 
 
 class Utilisation(threading.Thread):
-    """Samples nvidia-smi's GPU utilisation every 100 ms while a run is timed."""
+    """Samples the GPU's utilisation every 100 ms while a run is timed, through NVML in this
+    process. (Running nvidia-smi instead forks this process ten times a second, and each fork
+    of a process that holds a CUDA context stalls its other threads: the host side measured
+    up to 4x slower with it.)"""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[float] = []
         self.running = True
-        self.available = shutil.which("nvidia-smi") is not None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.read = lambda h=pynvml.nvmlDeviceGetHandleByIndex(0): (
+                pynvml.nvmlDeviceGetUtilizationRates(h).gpu
+            )
+        except Exception:  # noqa: BLE001 - no NVML (no NVIDIA GPU, or nvidia-ml-py missing)
+            self.read = None
 
     def run(self) -> None:
-        while self.running and self.available:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            if out:
-                self.samples.append(float(out.splitlines()[0]))
+        while self.running and self.read is not None:
+            self.samples.append(float(self.read()))
             time.sleep(0.1)
 
     def stop(self) -> str:
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one model-only run")
     args = parser.parse_args()
 
     import torch
@@ -122,6 +126,12 @@ def main() -> None:
     for precision in ("fp32", half, "bf16", "auto"):
         emb = Embedder(device=args.device, precision=precision)
         engines[f"minilm-cli {precision} -> {emb.precision}"] = (lambda e=emb: e.embed(texts), emb.precision)
+    # The same engines with tokenizing taken out: what the device path alone reaches (in a
+    # pipeline run, tokenizing overlaps it on its own thread).
+    for precision in ("fp32", half):
+        emb = Embedder(device=args.device, precision=precision)
+        chunk = emb.tokenize(texts)
+        engines[f"minilm-cli {emb.precision}, model only"] = (lambda e=emb, c=chunk: e.run(c), emb.precision)
     if not args.no_compile:
         emb = Embedder(device=args.device, compile=True)
         engines[f"minilm-cli {emb.precision} --compile"] = (lambda e=emb: e.embed(texts), emb.precision)
@@ -153,6 +163,29 @@ def main() -> None:
             f"{share:>9s} {util:>9s} {cosine:9.5f} {len(texts) / seconds / base:8.2f}x",
             flush=True,
         )
+    if args.profile:
+        profile(Embedder(device=args.device, precision=half), texts)
+
+
+def profile(emb, texts: list[str]) -> None:
+    """Where one model-only pass spends host and device time (torch.profiler, top operators)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    chunk = emb.tokenize(texts)
+    emb.run(chunk)
+    activities = [ProfilerActivity.CPU]
+    if emb.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with torch_profile(activities=activities) as prof:
+        emb.run(chunk)
+        if emb.device.type == "cuda":
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    for key in ("self_cpu_time_total", "self_device_time_total"):
+        print(f"\nprofile, {emb.precision}, model only, sorted by {key}:")
+        print(averages.table(sort_by=key, row_limit=14, max_name_column_width=48))
 
 
 if __name__ == "__main__":

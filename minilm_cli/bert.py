@@ -106,9 +106,14 @@ class BertEncoder(nn.Module):
         self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """where: the flat positions of the real tokens (``attention_mask``'s non-zeros), where
+        the caller has them already: finding them here would wait for the device."""
         batch, length = input_ids.shape
-        where = attention_mask.reshape(-1).nonzero().squeeze(1)
+        if where is None:
+            where = attention_mask.reshape(-1).nonzero().squeeze(1)
         positions = where % length
         x = self.word_embeddings(input_ids.reshape(-1).index_select(0, where))
         x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(positions)

@@ -30,9 +30,11 @@ class Network:
     config: dict[str, Any]
     ours: bool  # our encoder (returns the hidden state), or a transformers model (returns an output)
 
-    def hidden(self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def hidden(
+        self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         if self.ours:
-            return forward(input_ids, mask)
+            return forward(input_ids, mask, positions)
         return forward(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
     @property

@@ -15,14 +15,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Tokenizing runs in the reader thread beside the model; its own thread pool would
-# only fight the model's threads for the same cores.
+# Tokenizing runs on its own thread beside the model. With the model on the CPU, the
+# tokenizer's own thread pool would only fight the model's threads for the same cores; with
+# the model on a GPU the cores are idle and one tokenizing thread is the bottleneck, so
+# Embedder turns the pool on there (the library reads this variable at every call). A value
+# the user set is left alone.
+_USER_TOKENIZERS_PARALLELISM = os.environ.get("TOKENIZERS_PARALLELISM")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .batching import TokenizedChunk, pad_batch, plan_batches  # noqa: E402
+from .batching import Batch, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
 from .errors import InputError  # noqa: E402
 
 PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -268,6 +272,8 @@ class Embedder:
         self.source = resolve_model(model)
         self.device = choose_device(device)
         self.precision = choose_precision(precision, self.device)
+        if _USER_TOKENIZERS_PARALLELISM is None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false" if self.device.type == "cpu" else "true"
         if self.device.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
         default_tokens, default_rows = BATCH_DEFAULTS[self.device.type]
@@ -366,14 +372,18 @@ class Embedder:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        truncated = sum(1 for e in encodings if e.overflowing)
+        return self.batch_ids(ids, lengths, sum(1 for e in encodings if e.overflowing))
+
+    def batch_ids(self, ids: list[np.ndarray], lengths: np.ndarray, truncated: int) -> TokenizedChunk:
+        """Rows of token ids into length-sorted, padded batches, ready for ``run``."""
         chunk = TokenizedChunk(ids, lengths, truncated)
         for rows in plan_batches(lengths, self.batch_tokens, self.batch_size):
             chunk.batches.append(pad_batch(ids, lengths, rows, self.pad_id))
         if self.device.type == "cuda":
-            for batch in chunk.batches:  # page-locked, so the copy to the GPU can be async
-                batch.input_ids = torch.from_numpy(batch.input_ids).pin_memory()
-                batch.attention_mask = torch.from_numpy(batch.attention_mask).pin_memory()
+            for b in chunk.batches:  # page-locked, so the copies to the GPU can be async
+                b.input_ids, b.attention_mask, b.positions = (
+                    torch.from_numpy(a).pin_memory() for a in (b.input_ids, b.attention_mask, b.positions)
+                )
         return chunk
 
     @torch.inference_mode()
@@ -385,7 +395,7 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         outputs = []
         for b in chunk.batches:
-            outputs.append(self._run_batch(b.input_ids, b.attention_mask))
+            outputs.append(self._run_batch(b))
             if on_batch is not None:
                 on_batch(len(b.rows))
         # One device-to-host copy per chunk: the GPU is never stalled per batch.
@@ -395,12 +405,14 @@ class Embedder:
         result[order] = stacked
         return result
 
-    def _run_batch(self, input_ids: Any, attention_mask: Any) -> torch.Tensor:
-        input_ids = torch.as_tensor(input_ids).to(self.device, non_blocking=True)
-        mask = torch.as_tensor(attention_mask).to(self.device, non_blocking=True)
+    def _run_batch(self, batch: Batch) -> torch.Tensor:
+        input_ids, mask, positions = (
+            torch.as_tensor(a).to(self.device, non_blocking=True)
+            for a in (batch.input_ids, batch.attention_mask, batch.positions)
+        )
         dtype = DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            hidden = self.network.hidden(self._forward, input_ids, mask)
+            hidden = self.network.hidden(self._forward, input_ids, mask, positions)
         return pool(hidden.float(), mask, self.pooling, self.normalize)
 
     def embed(self, texts: list[str] | str) -> np.ndarray:

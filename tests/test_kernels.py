@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -22,3 +23,16 @@ def test_kernels_say_whether_bf16_is_native(tiny_model_dir: str) -> None:
     kernels = Embedder(model=tiny_model_dir, device="cpu", precision="bf16").kernels()
     assert "matmul bf16 (oneDNN, " in kernels
     assert ("native)" in kernels) == cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("user_value", [None, "true", "false"])
+def test_tokenizer_thread_pool_off_beside_a_cpu_model(tiny_model_dir: str, monkeypatch, user_value) -> None:
+    """On a CPU the tokenizer's own threads would fight the model's; a value the user set stays."""
+    import os
+
+    from minilm_cli import model
+
+    monkeypatch.setattr(model, "_USER_TOKENIZERS_PARALLELISM", user_value)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", user_value or "true")
+    model.Embedder(tiny_model_dir, device="cpu", precision="fp32")
+    assert os.environ["TOKENIZERS_PARALLELISM"] == (user_value or "false")

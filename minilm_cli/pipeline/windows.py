@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..batching import Chunk, TokenizedChunk, pad_batch, plan_batches
+from ..batching import Chunk, TokenizedChunk
 from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
@@ -284,10 +284,7 @@ def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> Toke
         row[head + (b - a) :] = plan.suffix
         ids.append(row)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    chunk = TokenizedChunk(ids, lengths, truncated=0)
-    for rows in plan_batches(lengths, embedder.batch_tokens, embedder.batch_size):
-        chunk.batches.append(pad_batch(ids, lengths, rows, embedder.pad_id))
-    return chunk
+    return embedder.batch_ids(ids, lengths, truncated=0)
 
 
 # ---------------------------------------------------------------------------- record check: reject
