@@ -7,10 +7,17 @@ Every variant is built on our own encoder (minilm_cli.bert, the default for the 
 model: Linear layers on packed real tokens, fused QKV); bench/smooth.py says how SmoothQuant
 is folded into it (alpha per --alphas; input maxima from the corpus' last 256 rows, never
 evaluated):
+  - minilm-cli --precision int8: what ships (minilm_cli/int8.py): SmoothQuant a=0.8 and 16
+    GELU channels per layer in fp32, calibrated on the packaged calibration texts (the same
+    256 corpus rows);
   - torch per-channel: torch.ao dynamic int8 Linear (fbgemm), per-channel weight scales,
     every Linear, no smoothing;
   - torch SQ a=..: the same after SmoothQuant, FFN out smoothed by a runtime multiply;
   - torch SQ a=.., FFN out fp32: the FFN output projections kept in fp32 (last alpha only);
+  - torch SQ a=.., FFN out K ch fp32: only the K GELU channels per layer with the largest
+    calibrated maxima kept in fp32 (through FFN in and out), the rest of the FFN int8; "V fold":
+    the same with only the free smoothing (attention_out folded into V); "per-channel, FFN K
+    ch": no smoothing at all;
   - ORT ours SQ a=.. KIND: our smoothed encoder exported to ONNX (packed tokens) and
     quantized by ONNX Runtime's quantize_dynamic, per-channel, MatMuls only; KIND: U8U8
     (QUInt8 weights), U8S8 (QInt8, the issue's setting), U8S8 7-bit (reduce_range: no int16
@@ -48,6 +55,9 @@ sys.path.insert(0, str(HERE))
 
 import smooth  # noqa: E402
 from throughput import corpus_rows, long_texts, onnx_embed, onnx_engines  # noqa: E402
+
+from minilm_cli.bert import load_bert  # noqa: E402
+from minilm_cli.loading import read_config  # noqa: E402
 
 ORT_REF = "ONNX Runtime int8 (reference)"
 
@@ -94,17 +104,35 @@ def with_model(fp32, model):
     return e
 
 
-def build_variants(fp32, calibration: list[str], alphas: list[float], workdir: Path) -> dict:
+def build_variants(
+    fp32, calibration: list[str], alphas: list[float], splits: list[int], workdir: Path
+) -> dict:
     """name -> something with run(chunk) and embed(texts)."""
-    base = fp32.model
+    # a fresh encoder of the same weights: the variants below change their copies in place
+    base = load_bert(read_config(fp32.source.path), Path(fp32.source.path) / fp32.source.weights_file)
     maxima = smooth.input_maxima(base, fp32, calibration)
     threads = torch.get_num_threads()
-    variants = {"torch per-channel": with_model(fp32, smooth.quantized(base, keep_ffn_out=False))}
+    variants = {
+        "minilm-cli --precision int8": type(fp32)(device="cpu", precision="int8"),  # what ships
+        "torch per-channel": with_model(fp32, smooth.quantized(base, keep_ffn_out=False)),
+    }
     for alpha in alphas:
         sq = smooth.smoothed(base, maxima, alpha, ffn_out="runtime")
         variants[f"torch SQ a={alpha}"] = with_model(fp32, smooth.quantized(sq, keep_ffn_out=False))
     kept = smooth.smoothed(base, maxima, alphas[-1], ffn_out="fp32")  # the speed is alpha's
     variants[f"torch SQ a={alphas[-1]}, FFN out fp32"] = with_model(fp32, smooth.quantized(kept, True))
+    folded = smooth.smoothed(base, maxima, alphas[-1], ffn_out="fp32", inputs=False)
+    for k in splits:
+        split = smooth.split_ffn_out(kept, maxima, k)
+        variants[f"torch SQ a={alphas[-1]}, FFN out {k} ch fp32"] = with_model(
+            fp32, smooth.quantized(split, False)
+        )
+        split = smooth.split_ffn_out(folded, maxima, k)
+        variants[f"torch V fold a={alphas[-1]}, FFN {k} ch fp32"] = with_model(
+            fp32, smooth.quantized(split, False)
+        )
+        split = smooth.split_ffn_out(base, maxima, k)
+        variants[f"torch per-channel, FFN {k} ch fp32"] = with_model(fp32, smooth.quantized(split, False))
     for alpha in alphas:
         path = workdir / f"ours-a{alpha}.onnx"
         smooth.export_onnx(smooth.smoothed(base, maxima, alpha, ffn_out="runtime"), path)
@@ -183,6 +211,9 @@ def main() -> None:
     parser.add_argument("--speed-rows", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--alphas", default="0.5,0.65,0.8", help="SmoothQuant alphas, comma-separated")
+    parser.add_argument(
+        "--splits", default="16,64", help="GELU channels per layer kept in fp32 in the FFN (comma-separated)"
+    )
     parser.add_argument("--only", default="", help="only the variants whose name matches this regex")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # onnxruntime.quantization's advice on pre-processing
@@ -192,7 +223,9 @@ def main() -> None:
     source = corpus_rows()
     fp32 = Embedder(device="cpu", precision="fp32")
     workdir = Path(tempfile.mkdtemp(prefix="minilm-int8-"))
-    variants = build_variants(fp32, source[-256:], [float(a) for a in args.alphas.split(",")], workdir)
+    alphas = [float(a) for a in args.alphas.split(",")]
+    splits = [int(k) for k in args.splits.split(",") if k]
+    variants = build_variants(fp32, source[-256:], alphas, splits, workdir)
     variants = {k: v for k, v in variants.items() if k == ORT_REF or re.search(args.only, k)}
     texts = source[: args.rows] + long_texts(args.long_rows, fp32.tokenizer)
     sets = human_sets()

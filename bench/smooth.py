@@ -82,9 +82,12 @@ def smooth_scale(act_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> t
     return (act_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
 
 
-def smoothed(encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ffn_out: str) -> nn.Module:
+def smoothed(
+    encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ffn_out: str, inputs: bool = True
+) -> nn.Module:
     """A copy of ``encoder`` with SmoothQuant applied (still fp32, the same outputs up to
-    rounding); ffn_out "runtime": smoothed by a multiply; else left unsmoothed."""
+    rounding); ffn_out "runtime": smoothed by a multiply; else left unsmoothed. inputs=False:
+    only the free fold (attention_out into V), no runtime multiply before qkv and intermediate."""
     model = copy.deepcopy(encoder)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
@@ -93,7 +96,8 @@ def smoothed(encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, 
             layer.attention_out.weight.mul_(s)
             layer.qkv.weight[2 * hidden :].div_(s[:, None])
             layer.qkv.bias[2 * hidden :].div_(s)
-            parts = ("qkv", "intermediate", "output") if ffn_out == "runtime" else ("qkv", "intermediate")
+            parts = ("qkv", "intermediate") if inputs else ()
+            parts += ("output",) if ffn_out == "runtime" else ()
             for part in parts:
                 linear = getattr(layer, part)
                 s = smooth_scale(maxima[f"{i}.{part}"], linear.weight, alpha)
@@ -167,12 +171,21 @@ def quantized(model: nn.Module, keep_ffn_out: bool) -> nn.Module:
     def is_ffn_out(name: str) -> bool:
         return name.split(".")[2:3] == ["output"]  # layers.N.output[.linear]
 
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            # minilm_cli.bert's Linear skips random init; quantize_dynamic maps exact types only
+            module.__class__ = nn.Linear
     spec = {
         name: per_channel_dynamic_qconfig
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not (keep_ffn_out and is_ffn_out(name))
     }
-    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+    model = quantize_dynamic(model, spec, dtype=torch.qint8)
+    left = [name for name, module in model.named_modules() if type(module) is nn.Linear]
+    if len(left) != len([n for n in left if keep_ffn_out and is_ffn_out(n)]):
+        raise RuntimeError(f"Linear layers left unquantized: {left}")
+    return model
 
 
 ORT_KINDS = {  # name -> quantize_onnx's settings
@@ -190,3 +203,77 @@ def onnx_int8(fp32_path: Path, threads: int, kind: str):
     int8_path = fp32_path.with_name(f"{fp32_path.stem}-{kind.replace(' ', '').replace(',', '-')}.onnx")
     quantize_onnx(fp32_path, int8_path, **ORT_KINDS[kind])
     return session(int8_path, threads)
+
+
+class SplitFFN(nn.Module):
+    """A layer's FFN with its k largest GELU channels (calibrated input maxima of the FFN out)
+    kept apart: the FFN in and out Linears for the other channels stay nn.Linear (quantized
+    later); the k outlier channels run in fp32 through plain tensors, which quantize_dynamic
+    leaves alone. The same sum, in another order: intermediate channels are independent."""
+
+    def __init__(
+        self, intermediate: nn.Linear, output: nn.Linear, activation, outliers: torch.Tensor
+    ) -> None:
+        super().__init__()
+        # a smoothed FFN in (Scaled) keeps its input multiply, for both halves
+        scale = intermediate.inv_scale if isinstance(intermediate, Scaled) else None
+        intermediate = intermediate.linear if isinstance(intermediate, Scaled) else intermediate
+        self.register_buffer("inv_scale", scale)
+        keep = torch.ones(intermediate.out_features, dtype=torch.bool)
+        keep[outliers] = False
+        self.activation = activation
+        self.inner = _linear(intermediate.weight[keep], intermediate.bias[keep])
+        self.outer = _linear(output.weight[:, keep], output.bias)
+        self.register_buffer("inner_fp32_w", intermediate.weight[~keep].detach().clone())
+        self.register_buffer("inner_fp32_b", intermediate.bias[~keep].detach().clone())
+        self.register_buffer("outer_fp32_w", output.weight[:, ~keep].detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
+        kept = torch.nn.functional.linear(x, self.inner_fp32_w, self.inner_fp32_b)
+        return self.outer(self.activation(self.inner(x))) + torch.nn.functional.linear(
+            self.activation(kept), self.outer_fp32_w
+        )
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return linear
+
+
+class SplitLayer(nn.Module):
+    """minilm_cli.bert.BertLayer with its FFN replaced by SplitFFN (same forward otherwise)."""
+
+    def __init__(self, layer: nn.Module, outliers: torch.Tensor) -> None:
+        super().__init__()
+        self.heads = layer.heads
+        self.qkv, self.attention_out = layer.qkv, layer.attention_out
+        self.attention_norm, self.output_norm = layer.attention_norm, layer.output_norm
+        self.ffn = SplitFFN(layer.intermediate, layer.output, layer.activation, outliers)
+
+    def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        batch, length = key_mask.shape[0], key_mask.shape[-1]
+        qkv = self.qkv(x)
+        padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, where, qkv)
+        q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, where)
+        x = self.attention_norm(self.attention_out(context) + x)
+        return self.output_norm(self.ffn(x) + x)
+
+
+def split_ffn_out(model: nn.Module, maxima: dict[str, torch.Tensor], k: int) -> nn.Module:
+    """A copy of a (smoothed, FFN out not smoothed) encoder whose layers keep their k largest
+    GELU channels in fp32 (LLM.int8()'s outlier decomposition, with channels fixed from
+    calibration instead of found per batch)."""
+    model = copy.deepcopy(model)
+    for i, layer in enumerate(model.layers):
+        outliers = maxima[f"{i}.output"].topk(k).indices
+        model.layers[i] = SplitLayer(layer, outliers)
+    return model

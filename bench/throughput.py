@@ -196,7 +196,7 @@ def engine_table(
     # name -> (embedder, precision of its matmuls for the bound)
     variants = {f"minilm-cli defaults ({ours.precision})": (ours, ours.precision)}
     if device == "cpu":
-        from minilm_cli.model import PRECISIONS
+        from minilm_cli.devices import PRECISIONS
 
         for precision in PRECISIONS:
             if precision not in ("auto", "fp16", ours.precision):

@@ -84,14 +84,18 @@ class BertLayer(nn.Module):
     def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """x: (tokens, hidden), the real tokens of the batch; where: their flat positions in
         the (batch x length) padded layout; key_mask: (batch, 1, 1, length) bool."""
+        x = self.attend(x, where, key_mask)
+        return self.output_norm(self.output(self.activation(self.intermediate(x))) + x)
+
+    def attend(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """Self-attention, its output projection and LayerNorm: the half before the FFN."""
         batch, length = key_mask.shape[0], key_mask.shape[-1]
         qkv = self.qkv(x)
         padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, where, qkv)
         q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, where)
-        x = self.attention_norm(self.attention_out(context) + x)
-        return self.output_norm(self.output(self.activation(self.intermediate(x))) + x)
+        return self.attention_norm(self.attention_out(context) + x)
 
 
 class BertEncoder(nn.Module):

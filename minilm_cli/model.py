@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .batching import Batch, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
+from .devices import choose_device, choose_precision, cpu_has_native_bf16, usable_cpus  # noqa: E402
 from .errors import InputError  # noqa: E402
 
 PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -34,8 +35,8 @@ PACKAGED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d
 REFERENCE_MODEL = "nreimers/MiniLM-L6-H384-uncased"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 POOLINGS = ("mean", "cls", "max")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# int8 runs outside autocast: its int8 Linears take and give fp32
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 # (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
 # batches and pays for every padding token; a GPU needs big batches to fill its cores.
 BATCH_DEFAULTS = {"cpu": (2048, 64), "mps": (16384, 256), "cuda": (65536, 1024)}
@@ -185,67 +186,6 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def choose_device(requested: str = "auto") -> torch.device:
-    """auto: CUDA, then MPS, then CPU. Anything else must exist here."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise InputError(f"unknown --device {requested}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda asked, but no CUDA device is visible here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps asked, but MPS is not available here")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unsupported --device {requested}")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: where bf16 matmuls run natively and beat fp32 (measured ~2-3x)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_precision(requested: str, device: torch.device) -> str:
-    """auto: bf16 (or fp16) on CUDA, fp16 on MPS, bf16 on a CPU with native bf16, else fp32."""
-    if requested not in PRECISIONS:
-        raise InputError(f"unknown --precision {requested}: use {', '.join(PRECISIONS)}")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def usable_cpus() -> int:
-    """Cores this process may use: the affinity mask (taskset) and the cgroup quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
 # ---------------------------------------------------------------------------- embedder
 
 
@@ -310,10 +250,29 @@ class Embedder:
         self.dim = int(config["hidden_size"])
         self.network = network
         self.model = network.module.eval().to(self.device)
-        if self.precision != "fp32":
+        if self.precision in ("fp16", "bf16"):
             self._precast_linear_weights(DTYPES[self.precision])
+        if self.precision == "int8":
+            self._quantize(compile)
         self.compiled = compile
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+
+    def _quantize(self, compile: bool) -> None:
+        """--precision int8: calibrate on the packaged texts, then int8 Linears (int8.py)."""
+        from .int8 import calibration_texts, quantize_int8
+
+        if not self.network.ours:
+            raise InputError("--precision int8 needs a plain BERT with safetensors weights, as the default")
+        if compile:
+            raise InputError("--compile does not apply to --precision int8")
+        chunk = self.tokenize(calibration_texts())
+
+        def run_calibration(module: torch.nn.Module) -> None:
+            with torch.no_grad():
+                for b in chunk.batches:
+                    module(*(torch.as_tensor(a) for a in (b.input_ids, b.attention_mask, b.positions)))
+
+        self.model = quantize_int8(self.model, run_calibration)
 
     def _precast_linear_weights(self, dtype: torch.dtype) -> None:
         """Store Linear weights in the autocast dtype once, instead of casting them every call.
@@ -350,7 +309,11 @@ class Embedder:
         parts = [f"torch {torch.__version__.split('+')[0]} {mode}"]
         if self.device.type == "cpu":
             parts.append(f"cpu {torch.backends.cpu.get_cpu_capability()}")
-            if self.precision == "fp32":
+            if self.precision == "int8":
+                from .int8 import INT8_KERNELS
+
+                parts.append(INT8_KERNELS)
+            elif self.precision == "fp32":
                 parts.append("matmul fp32 (MKL)" if torch.backends.mkl.is_available() else "matmul fp32")
             else:
                 native = cpu_has_native_bf16() if self.precision == "bf16" else False

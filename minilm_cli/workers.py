@@ -18,8 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import EmbedConfig
+from .devices import usable_cpus
 from .errors import ExitCode, InputError, Interrupted, MinilmError, OutputConflict
-from .model import usable_cpus
 from .output import merge_manifests
 from .storage import redact, redact_url, storage_for, storage_options
 

@@ -52,7 +52,7 @@ def test_info_json_describes_the_packaged_model(info_json: dict, real_model_dir:
     ],
 )
 def test_auto_precision_on_a_cpu_follows_its_bf16_flags(monkeypatch, cpuinfo, native) -> None:
-    import minilm_cli.model as model
+    import minilm_cli.devices as devices
 
     class FakeProc:
         def __init__(self, path: str) -> None:
@@ -65,9 +65,9 @@ def test_auto_precision_on_a_cpu_follows_its_bf16_flags(monkeypatch, cpuinfo, na
 
     import torch
 
-    monkeypatch.setattr(model, "Path", FakeProc)
-    assert model.cpu_has_native_bf16() is native
-    assert model.choose_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    monkeypatch.setattr(devices, "Path", FakeProc)
+    assert devices.cpu_has_native_bf16() is native
+    assert devices.choose_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
 
 
 @pytest.mark.real_model

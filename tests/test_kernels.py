@@ -18,7 +18,8 @@ def test_kernels_names_backend_isa_matmul_and_attention(tiny_model_dir: str) -> 
 
 
 def test_kernels_say_whether_bf16_is_native(tiny_model_dir: str) -> None:
-    from minilm_cli.model import Embedder, cpu_has_native_bf16
+    from minilm_cli.devices import cpu_has_native_bf16
+    from minilm_cli.model import Embedder
 
     kernels = Embedder(model=tiny_model_dir, device="cpu", precision="bf16").kernels()
     assert "matmul bf16 (oneDNN, " in kernels

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from minilm_cli.cli import main
+from minilm_cli.devices import usable_cpus
 from minilm_cli.errors import InputError
-from minilm_cli.model import PACKAGED_SHA256, REFERENCE_MODEL, Embedder, resolve_model, usable_cpus
+from minilm_cli.model import PACKAGED_SHA256, REFERENCE_MODEL, Embedder, resolve_model
 
 
 def _hub_cache(root: Path, repo_id: str, model_dir: str) -> Path:
@@ -98,7 +99,7 @@ def test_remote_code_is_never_run(tiny_model_dir, tmp_path):
 def test_threads_follow_the_affinity_mask():
     if not shutil.which("taskset"):
         pytest.skip("taskset not installed")
-    code = "from minilm_cli.model import usable_cpus; print(usable_cpus())"
+    code = "from minilm_cli.devices import usable_cpus; print(usable_cpus())"
     out = subprocess.run(
         ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

@@ -163,11 +163,12 @@ _EMBED_OPTIONS = [
     click.option(
         "--precision",
         envvar="MINILM_PRECISION",
-        type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+        type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]),
         default="auto",
         show_default=True,
         help="Autocast precision. auto: bf16/fp16 on CUDA, bf16 on a CPU with native bf16, else fp32. "
-        "[env MINILM_PRECISION]",
+        "int8 (CPU only, opt-in): int8 Linear layers, faster than fp32 at a mean cosine of "
+        "about 0.997 to it on real text. [env MINILM_PRECISION]",
     ),
     click.option(
         "--batch-size",

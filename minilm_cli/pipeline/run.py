@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from ..batching import Chunk
 from ..config import EmbedConfig
+from ..devices import cpu_has_native_bf16
 from ..errors import InputError
-from ..model import Embedder, cpu_has_native_bf16
+from ..model import Embedder
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
 from ..sources.parquet import open_parquet
