@@ -71,9 +71,9 @@ class Batch:
     rows: np.ndarray
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    # Flat positions of the real tokens in the (rows x width) layout. Our encoder packs the
-    # tokens with them; computing them on the device would stall a GPU on every batch.
-    positions: np.ndarray
+    # Flat positions of the real tokens in the (rows x width) layout, set for a GPU only: our
+    # encoder packs the tokens with them, and finding them on a GPU would stall every batch.
+    positions: np.ndarray | None = None
 
 
 def chunk_rows(
@@ -232,4 +232,4 @@ def pad_batch(ids: list[np.ndarray], lengths: np.ndarray, rows: np.ndarray, pad_
         n = lengths[row]
         input_ids[k, :n] = ids[row]
         mask[k, :n] = 1
-    return Batch(rows, input_ids, mask, np.flatnonzero(mask))
+    return Batch(rows, input_ids, mask)

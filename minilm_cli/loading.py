@@ -31,7 +31,7 @@ class Network:
     ours: bool  # our encoder (returns the hidden state), or a transformers model (returns an output)
 
     def hidden(
-        self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+        self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None
     ) -> torch.Tensor:
         if self.ours:
             return forward(input_ids, mask, positions)

@@ -270,7 +270,7 @@ class Embedder:
         def run_calibration(module: torch.nn.Module) -> None:
             with torch.no_grad():
                 for b in chunk.batches:
-                    module(*(torch.as_tensor(a) for a in (b.input_ids, b.attention_mask, b.positions)))
+                    module(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
 
         self.model = quantize_int8(self.model, run_calibration)
 
@@ -342,6 +342,9 @@ class Embedder:
         chunk = TokenizedChunk(ids, lengths, truncated)
         for rows in plan_batches(lengths, self.batch_tokens, self.batch_size):
             chunk.batches.append(pad_batch(ids, lengths, rows, self.pad_id))
+        if self.device.type != "cpu":
+            for b in chunk.batches:
+                b.positions = np.flatnonzero(b.attention_mask)
         if self.device.type == "cuda":
             for b in chunk.batches:  # page-locked, so the copies to the GPU can be async
                 b.input_ids, b.attention_mask, b.positions = (
@@ -370,7 +373,7 @@ class Embedder:
 
     def _run_batch(self, batch: Batch) -> torch.Tensor:
         input_ids, mask, positions = (
-            torch.as_tensor(a).to(self.device, non_blocking=True)
+            None if a is None else torch.as_tensor(a).to(self.device, non_blocking=True)
             for a in (batch.input_ids, batch.attention_mask, batch.positions)
         )
         dtype = DTYPES[self.precision]
