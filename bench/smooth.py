@@ -8,7 +8,7 @@ maxima seen on calibration rows. Where each division goes in our encoder:
     by s): the attention context is linear in V;
   - qkv and intermediate: their input is a LayerNorm output that is also the residual, so the
     division cannot go into the LayerNorm's weight and bias; it is one multiply per token on
-    384 channels before the Linear (`Scaled`);
+    384 channels before the Linear (`Smoothed`);
   - output (FFN out, fed by GELU): a multiply on 1,536 channels, or the Linear kept in fp32.
 Then either every Linear (but a kept FFN out) becomes torch's dynamic int8 Linear (fbgemm),
 per-channel weight scales, or the smoothed fp32 encoder is exported to ONNX (packed tokens, as
@@ -23,19 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from minilm_cli import int8
+from minilm_cli.int8 import Smoothed, fold_into_v, smooth_scale
+
 LINEARS = ("qkv", "attention_out", "intermediate", "output")
-
-
-class Scaled(nn.Module):
-    """x * inv_scale, then a Linear whose weight columns were multiplied by the scale."""
-
-    def __init__(self, linear: nn.Module, inv_scale: torch.Tensor) -> None:
-        super().__init__()
-        self.linear = linear
-        self.register_buffer("inv_scale", inv_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x * self.inv_scale)
 
 
 class MatMulLinear(nn.Module):
@@ -51,58 +42,34 @@ class MatMulLinear(nn.Module):
         return torch.matmul(x, self.weight_t) + self.bias
 
 
+def calibration_run(embedder, texts: list[str]):
+    """A function that runs ``texts``, in the embedder's batches, through a given encoder."""
+
+    def run(module: nn.Module) -> None:
+        with torch.no_grad():
+            for b in embedder.tokenize(texts).batches:
+                module(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
+
+    return run
+
+
 def input_maxima(encoder: nn.Module, embedder, texts: list[str]) -> dict[str, torch.Tensor]:
     """max |input| per channel of every Linear, over the real tokens of ``texts``."""
-    maxima: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def record(module, inputs, output):
-            seen = inputs[0].detach().abs().amax(0)
-            maxima[name] = torch.maximum(maxima[name], seen) if name in maxima else seen
-
-        return record
-
-    handles = [
-        getattr(layer, part).register_forward_hook(hook(f"{i}.{part}"))
-        for i, layer in enumerate(encoder.layers)
-        for part in LINEARS
-    ]
-    try:
-        with torch.inference_mode():
-            for b in embedder.tokenize(texts).batches:
-                encoder(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
-    finally:
-        for h in handles:
-            h.remove()
-    return maxima
+    return int8.input_maxima(encoder, calibration_run(embedder, texts))
 
 
-def smooth_scale(act_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    w_max = weight.detach().abs().amax(0).clamp(min=1e-5)
-    return (act_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
-
-
-def smoothed(
-    encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ffn_out: str, inputs: bool = True
-) -> nn.Module:
+def smoothed(encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ffn_out: str) -> nn.Module:
     """A copy of ``encoder`` with SmoothQuant applied (still fp32, the same outputs up to
-    rounding); ffn_out "runtime": smoothed by a multiply; else left unsmoothed. inputs=False:
-    only the free fold (attention_out into V), no runtime multiply before qkv and intermediate."""
+    rounding); ffn_out "runtime": smoothed by a multiply; else left unsmoothed."""
     model = copy.deepcopy(encoder)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
-            hidden = layer.attention_out.in_features
-            s = smooth_scale(maxima[f"{i}.attention_out"], layer.attention_out.weight, alpha)
-            layer.attention_out.weight.mul_(s)
-            layer.qkv.weight[2 * hidden :].div_(s[:, None])
-            layer.qkv.bias[2 * hidden :].div_(s)
-            parts = ("qkv", "intermediate") if inputs else ()
-            parts += ("output",) if ffn_out == "runtime" else ()
+            fold_into_v(layer, maxima[f"{i}.attention_out"], alpha)
+            parts = ("qkv", "intermediate", "output") if ffn_out == "runtime" else ("qkv", "intermediate")
             for part in parts:
                 linear = getattr(layer, part)
-                s = smooth_scale(maxima[f"{i}.{part}"], linear.weight, alpha)
-                linear.weight.mul_(s)
-                setattr(layer, part, Scaled(linear, 1.0 / s))
+                scale = smooth_scale(maxima[f"{i}.{part}"], linear.weight, alpha)
+                setattr(layer, part, Smoothed(linear, scale))
     return model
 
 
@@ -203,77 +170,3 @@ def onnx_int8(fp32_path: Path, threads: int, kind: str):
     int8_path = fp32_path.with_name(f"{fp32_path.stem}-{kind.replace(' ', '').replace(',', '-')}.onnx")
     quantize_onnx(fp32_path, int8_path, **ORT_KINDS[kind])
     return session(int8_path, threads)
-
-
-class SplitFFN(nn.Module):
-    """A layer's FFN with its k largest GELU channels (calibrated input maxima of the FFN out)
-    kept apart: the FFN in and out Linears for the other channels stay nn.Linear (quantized
-    later); the k outlier channels run in fp32 through plain tensors, which quantize_dynamic
-    leaves alone. The same sum, in another order: intermediate channels are independent."""
-
-    def __init__(
-        self, intermediate: nn.Linear, output: nn.Linear, activation, outliers: torch.Tensor
-    ) -> None:
-        super().__init__()
-        # a smoothed FFN in (Scaled) keeps its input multiply, for both halves
-        scale = intermediate.inv_scale if isinstance(intermediate, Scaled) else None
-        intermediate = intermediate.linear if isinstance(intermediate, Scaled) else intermediate
-        self.register_buffer("inv_scale", scale)
-        keep = torch.ones(intermediate.out_features, dtype=torch.bool)
-        keep[outliers] = False
-        self.activation = activation
-        self.inner = _linear(intermediate.weight[keep], intermediate.bias[keep])
-        self.outer = _linear(output.weight[:, keep], output.bias)
-        self.register_buffer("inner_fp32_w", intermediate.weight[~keep].detach().clone())
-        self.register_buffer("inner_fp32_b", intermediate.bias[~keep].detach().clone())
-        self.register_buffer("outer_fp32_w", output.weight[:, ~keep].detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inv_scale is not None:
-            x = x * self.inv_scale
-        kept = torch.nn.functional.linear(x, self.inner_fp32_w, self.inner_fp32_b)
-        return self.outer(self.activation(self.inner(x))) + torch.nn.functional.linear(
-            self.activation(kept), self.outer_fp32_w
-        )
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-    return linear
-
-
-class SplitLayer(nn.Module):
-    """minilm_cli.bert.BertLayer with its FFN replaced by SplitFFN (same forward otherwise)."""
-
-    def __init__(self, layer: nn.Module, outliers: torch.Tensor) -> None:
-        super().__init__()
-        self.heads = layer.heads
-        self.qkv, self.attention_out = layer.qkv, layer.attention_out
-        self.attention_norm, self.output_norm = layer.attention_norm, layer.output_norm
-        self.ffn = SplitFFN(layer.intermediate, layer.output, layer.activation, outliers)
-
-    def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        batch, length = key_mask.shape[0], key_mask.shape[-1]
-        qkv = self.qkv(x)
-        padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, where, qkv)
-        q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, where)
-        x = self.attention_norm(self.attention_out(context) + x)
-        return self.output_norm(self.ffn(x) + x)
-
-
-def split_ffn_out(model: nn.Module, maxima: dict[str, torch.Tensor], k: int) -> nn.Module:
-    """A copy of a (smoothed, FFN out not smoothed) encoder whose layers keep their k largest
-    GELU channels in fp32 (LLM.int8()'s outlier decomposition, with channels fixed from
-    calibration instead of found per batch)."""
-    model = copy.deepcopy(model)
-    for i, layer in enumerate(model.layers):
-        outliers = maxima[f"{i}.output"].topk(k).indices
-        model.layers[i] = SplitLayer(layer, outliers)
-    return model

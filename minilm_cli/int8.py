@@ -97,25 +97,42 @@ class QuantizedLayer(nn.Module):
         return self.layer.output_norm(self.ffn(x * self.ffn_inv_scale) + x)
 
 
-def quantize_int8(encoder: BertEncoder, run_calibration: Callable[[nn.Module], None]) -> nn.Module:
+def quantize_int8(
+    encoder: BertEncoder,
+    run_calibration: Callable[[nn.Module], None],
+    alpha: float = ALPHA,
+    outliers: int = OUTLIER_CHANNELS,
+    smooth_inputs: bool = True,
+) -> nn.Module:
     """The encoder, changed in place and returned, ready for int8 inference on a CPU.
-    ``run_calibration(module)`` runs the calibration texts through the fp32 encoder."""
-    maxima = _input_maxima(encoder, run_calibration)
+    ``run_calibration(module)`` runs the calibration texts through the fp32 encoder. The other
+    arguments are for bench/int8.py's variants (smooth_inputs=False: no multiply before the
+    QKV and FFN-in projections, only the free fold into V)."""
+    maxima = input_maxima(encoder, run_calibration)
     with torch.no_grad():
         for i, layer in enumerate(encoder.layers):
-            hidden = layer.attention_out.in_features
-            s = _smooth_scale(maxima[f"{i}.attention_out"], layer.attention_out.weight)
-            layer.attention_out.weight.mul_(s)
-            layer.qkv.weight[2 * hidden :].div_(s[:, None])
-            layer.qkv.bias[2 * hidden :].div_(s)
-            layer.qkv = Smoothed(layer.qkv, _smooth_scale(maxima[f"{i}.qkv"], layer.qkv.weight))
-            ffn_scale = _smooth_scale(maxima[f"{i}.intermediate"], layer.intermediate.weight)
-            outliers = maxima[f"{i}.output"].topk(OUTLIER_CHANNELS).indices
-            encoder.layers[i] = QuantizedLayer(layer, outliers, ffn_scale)
+            fold_into_v(layer, maxima[f"{i}.attention_out"], alpha)
+            ffn_scale = torch.ones(layer.intermediate.in_features)
+            if smooth_inputs:
+                layer.qkv = Smoothed(layer.qkv, smooth_scale(maxima[f"{i}.qkv"], layer.qkv.weight, alpha))
+                ffn_scale = smooth_scale(maxima[f"{i}.intermediate"], layer.intermediate.weight, alpha)
+            channels = maxima[f"{i}.output"].topk(outliers).indices
+            encoder.layers[i] = QuantizedLayer(layer, channels, ffn_scale)
     return _dynamic_int8(encoder)
 
 
-def _input_maxima(encoder: BertEncoder, run: Callable[[nn.Module], None]) -> dict[str, torch.Tensor]:
+def fold_into_v(layer: BertLayer, act_max: torch.Tensor, alpha: float = ALPHA) -> None:
+    """SmoothQuant for the attention output projection at no runtime cost: its input, the
+    attention context, is linear in V, so V's rows take the division."""
+    hidden = layer.attention_out.in_features
+    s = smooth_scale(act_max, layer.attention_out.weight, alpha)
+    with torch.no_grad():
+        layer.attention_out.weight.mul_(s)
+        layer.qkv.weight[2 * hidden :].div_(s[:, None])
+        layer.qkv.bias[2 * hidden :].div_(s)
+
+
+def input_maxima(encoder: BertEncoder, run: Callable[[nn.Module], None]) -> dict[str, torch.Tensor]:
     """max |input| per channel of every Linear, over the calibration tokens."""
     maxima: dict[str, torch.Tensor] = {}
 
@@ -139,9 +156,10 @@ def _input_maxima(encoder: BertEncoder, run: Callable[[nn.Module], None]) -> dic
     return maxima
 
 
-def _smooth_scale(act_max: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def smooth_scale(act_max: torch.Tensor, weight: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
+    """SmoothQuant's per-input-channel s = max|x|^alpha / max|W|^(1 - alpha)."""
     w_max = weight.detach().abs().amax(0).clamp(min=1e-5)
-    return (act_max.clamp(min=1e-5) ** ALPHA / w_max ** (1 - ALPHA)).clamp(min=1e-5)
+    return (act_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:

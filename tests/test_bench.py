@@ -64,7 +64,14 @@ def test_incremental_bench_prints_every_case():
 def test_int8_bench_prints_accuracy_speed_and_verdicts():
     pytest.importorskip("onnxruntime")
     args = ["--rows", "8", "--long-rows", "2", "--speed-rows", "8", "--rounds", "1", "--alphas", "0.8"]
-    out = _run(str(BENCH / "int8.py"), *args, "--only", "U8U8$|FFN out fp32")
-    for name in ("torch SQ a=0.8, FFN out fp32", "ORT ours SQ a=0.8 U8U8", "ONNX Runtime int8 (reference)"):
+    only = "U8U8$|FFN out fp32|FFN out 16 ch|--precision int8"
+    out = _run(str(BENCH / "int8.py"), *args, "--splits", "16", "--only", only)
+    for name in (
+        "minilm-cli --precision int8",
+        "torch SQ a=0.8, FFN out 16 ch fp32",
+        "torch SQ a=0.8, FFN out fp32",
+        "ORT ours SQ a=0.8 U8U8",
+        "ONNX Runtime int8 (reference)",
+    ):
         assert out.count(name) == 3, out  # accuracy, speed and verdict rows
     assert "verdict per variant" in out and "x ORT int8" in out
