@@ -30,9 +30,9 @@ PEAKS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5), "L
 
 class Utilisation(threading.Thread):
     """Samples the GPU's utilisation every 100 ms while a run is timed, through NVML in this
-    process. (Running nvidia-smi instead forks this process ten times a second, and each fork
-    of a process that holds a CUDA context stalls its other threads: the host side measured
-    up to 4x slower with it.)"""
+    process. (Running nvidia-smi instead forks this process ten times a second; with it, embed()
+    measured about a quarter of its speed outside the bench. That the forks are the cause is a
+    guess not yet checked on a GPU: docs/PERFORMANCE.md.)"""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)

@@ -121,7 +121,7 @@ def build_variants(
         variants[f"torch SQ a={alpha}"] = with_model(fp32, smooth.quantized(sq, keep_ffn_out=False))
     kept = smooth.smoothed(base, maxima, alphas[-1], ffn_out="fp32")  # the speed is alpha's
     variants[f"torch SQ a={alphas[-1]}, FFN out fp32"] = with_model(fp32, smooth.quantized(kept, True))
-    calibrate = smooth.calibration_run(fp32, calibration)
+    calibrate = int8.calibration_run(fp32, calibration)
     for k in splits:  # what minilm_cli/int8.py ships is the first of these at k=16, alpha 0.8
         variants[f"torch SQ a={alphas[-1]}, FFN out {k} ch fp32"] = with_model(
             fp32, int8.quantize_int8(copy.deepcopy(base), calibrate, alphas[-1], k)

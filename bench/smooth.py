@@ -42,20 +42,9 @@ class MatMulLinear(nn.Module):
         return torch.matmul(x, self.weight_t) + self.bias
 
 
-def calibration_run(embedder, texts: list[str]):
-    """A function that runs ``texts``, in the embedder's batches, through a given encoder."""
-
-    def run(module: nn.Module) -> None:
-        with torch.no_grad():
-            for b in embedder.tokenize(texts).batches:
-                module(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
-
-    return run
-
-
 def input_maxima(encoder: nn.Module, embedder, texts: list[str]) -> dict[str, torch.Tensor]:
     """max |input| per channel of every Linear, over the real tokens of ``texts``."""
-    return int8.input_maxima(encoder, calibration_run(embedder, texts))
+    return int8.input_maxima(encoder, int8.calibration_run(embedder, texts))
 
 
 def smoothed(encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ffn_out: str) -> nn.Module:
@@ -132,27 +121,13 @@ def session(path: Path, threads: int):
 
 
 def quantized(model: nn.Module, keep_ffn_out: bool) -> nn.Module:
-    """torch's dynamic int8 Linear (fbgemm), per-channel weight scales, on every Linear."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    """A copy with torch's dynamic int8 Linear (fbgemm), per-channel weight scales, on every
+    Linear (but the FFN output projections, if kept)."""
 
     def is_ffn_out(name: str) -> bool:
         return name.split(".")[2:3] == ["output"]  # layers.N.output[.linear]
 
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            # minilm_cli.bert's Linear skips random init; quantize_dynamic maps exact types only
-            module.__class__ = nn.Linear
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not (keep_ffn_out and is_ffn_out(name))
-    }
-    model = quantize_dynamic(model, spec, dtype=torch.qint8)
-    left = [name for name, module in model.named_modules() if type(module) is nn.Linear]
-    if len(left) != len([n for n in left if keep_ffn_out and is_ffn_out(n)]):
-        raise RuntimeError(f"Linear layers left unquantized: {left}")
-    return model
+    return int8.dynamic_int8(copy.deepcopy(model), is_ffn_out if keep_ffn_out else None)
 
 
 ORT_KINDS = {  # name -> quantize_onnx's settings

@@ -27,6 +27,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,19 @@ INT8_KERNELS = f"matmul int8 (fbgemm, dynamic; SmoothQuant {ALPHA}, {OUTLIER_CHA
 def calibration_texts() -> list[str]:
     with gzip.open(CALIBRATION, "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
+
+
+def calibration_run(embedder: Any, texts: list[str]) -> Callable[[nn.Module], None]:
+    """What ``quantize_int8`` calls to calibrate: ``texts``, in the embedder's batches, through
+    the encoder it is given."""
+    chunk = embedder.tokenize(texts)
+
+    def run(module: nn.Module) -> None:
+        with torch.no_grad():
+            for b in chunk.batches:
+                module(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
+
+    return run
 
 
 class Smoothed(nn.Module):
@@ -118,7 +132,7 @@ def quantize_int8(
                 ffn_scale = smooth_scale(maxima[f"{i}.intermediate"], layer.intermediate.weight, alpha)
             channels = maxima[f"{i}.output"].topk(outliers).indices
             encoder.layers[i] = QuantizedLayer(layer, channels, ffn_scale)
-    return _dynamic_int8(encoder)
+    return dynamic_int8(encoder)
 
 
 def fold_into_v(layer: BertLayer, act_max: torch.Tensor, alpha: float = ALPHA) -> None:
@@ -170,15 +184,23 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
     return linear
 
 
-def _dynamic_int8(encoder: nn.Module) -> nn.Module:
-    """Every nn.Linear left as fbgemm's dynamic int8 Linear, per-output-channel weight scales."""
+def dynamic_int8(encoder: nn.Module, keep: Callable[[str], bool] | None = None) -> nn.Module:
+    """Every nn.Linear (but those whose name ``keep`` accepts) as fbgemm's dynamic int8 Linear,
+    per-output-channel weight scales; in place."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    keep = keep or (lambda name: False)
     for module in encoder.modules():
         if isinstance(module, nn.Linear):
             module.__class__ = nn.Linear  # bert.Linear only skips init; quantize_dynamic wants the type
-    linears: Iterable[str] = (n for n, m in encoder.named_modules() if isinstance(m, nn.Linear))
+    linears: Iterable[str] = (
+        n for n, m in encoder.named_modules() if isinstance(m, nn.Linear) and not keep(n)
+    )
     with warnings.catch_warnings():
         # torch deprecates its quantized tensors in favour of torchao; torch is pinned here
         warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
-        return quantize_dynamic(encoder, dict.fromkeys(linears, per_channel_dynamic_qconfig), inplace=True)
+        quantize_dynamic(encoder, dict.fromkeys(linears, per_channel_dynamic_qconfig), inplace=True)
+    left = [n for n, m in encoder.named_modules() if type(m) is nn.Linear and not keep(n)]
+    if left:  # quantize_dynamic skips what it does not recognise, silently
+        raise RuntimeError(f"Linear layers left unquantized: {left}")
+    return encoder

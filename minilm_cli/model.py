@@ -259,20 +259,13 @@ class Embedder:
 
     def _quantize(self, compile: bool) -> None:
         """--precision int8: calibrate on the packaged texts, then int8 Linears (int8.py)."""
-        from .int8 import calibration_texts, quantize_int8
+        from .int8 import calibration_run, calibration_texts, quantize_int8
 
         if not self.network.ours:
             raise InputError("--precision int8 needs a plain BERT with safetensors weights, as the default")
         if compile:
             raise InputError("--compile does not apply to --precision int8")
-        chunk = self.tokenize(calibration_texts())
-
-        def run_calibration(module: torch.nn.Module) -> None:
-            with torch.no_grad():
-                for b in chunk.batches:
-                    module(torch.as_tensor(b.input_ids), torch.as_tensor(b.attention_mask))
-
-        self.model = quantize_int8(self.model, run_calibration)
+        self.model = quantize_int8(self.model, calibration_run(self, calibration_texts()))
 
     def _precast_linear_weights(self, dtype: torch.dtype) -> None:
         """Store Linear weights in the autocast dtype once, instead of casting them every call.
