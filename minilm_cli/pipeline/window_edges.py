@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
-SENTENCE_MARKS = np.array([ord(c) for c in ".!?"], dtype=np.uint32)
-LINE_BREAKS = np.array([ord(c) for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"], dtype=np.uint32)
-SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)  # str.isspace's
+# What each character is, looked up by code point (np.isin is far slower on every piece):
+SPACE, LINE_BREAK, MARK = 1, 2, 4
+KINDS = np.zeros(0x3002, dtype=np.uint8)  # str.isspace ends at U+3000; the last entry: "other"
+for _code in range(0x3001):
+    KINDS[_code] |= SPACE if chr(_code).isspace() else 0
+for _char in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":
+    KINDS[ord(_char)] |= LINE_BREAK
+for _char in ".!?":
+    KINDS[ord(_char)] |= MARK
 
 
 def word_starts(encoding: Any) -> np.ndarray:
@@ -45,14 +51,13 @@ def sentence_ends(text: str, offsets: np.ndarray, next_start: int) -> np.ndarray
         return np.zeros(0, dtype=bool)
     base = int(offsets[0, 0])
     codes = np.frombuffer(text[base:next_start].encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    kinds = np.append(KINDS[np.minimum(codes, len(KINDS) - 1)], 0)  # and "nothing" past the end
     starts, ends = offsets[:, 0] - base, offsets[:, 1] - base
     following = np.append(starts[1:], len(codes))  # where the next token begins
-    after = np.where(ends < len(codes), codes[np.minimum(ends, len(codes) - 1)], 0)
-    space_after = (ends < following) & np.isin(after, SPACES)
-    mark = (ends - starts == 1) & np.isin(codes[np.minimum(starts, len(codes) - 1)], SENTENCE_MARKS)
-    breaks = np.concatenate(([0], np.cumsum(np.isin(codes, LINE_BREAKS))))
-    line_break_after = breaks[following] > breaks[ends]
-    return space_after & (mark | line_break_after)
+    space_after = (ends < following) & ((kinds[ends] & SPACE) > 0)
+    mark = (ends - starts == 1) & ((kinds[starts] & MARK) > 0)
+    breaks = np.concatenate(([0], np.cumsum((kinds[:-1] & LINE_BREAK) > 0)))
+    return space_after & (mark | (breaks[following] > breaks[ends]))
 
 
 def window_end(starts: np.ndarray, ends: np.ndarray, span: int) -> int:
