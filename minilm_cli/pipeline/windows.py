@@ -14,6 +14,7 @@ How windows flow through the stage list:
 A text is tokenized in pieces cut at whitespace (so the tokenizer sees whole words and its
 offsets stay right across pieces) and windows are cut from a small rolling buffer, so a
 10 MB line never has more than a few windows' worth of tokens in flight beside the chunk.
+Where a window begins and ends (word edges, sentence ends, the overlap) is window_edges.py.
 """
 
 from __future__ import annotations
