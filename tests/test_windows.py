@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import WORDS, manifest, output_files
+from helpers import REPO, WORDS, manifest, output_files
 
 import minilm_cli
 from minilm_cli.config import EmbedConfig
@@ -20,6 +20,7 @@ from minilm_cli.pipeline import run_job
 from minilm_cli.pipeline.windows import plan_windows, text_pieces, text_windows, token_counts
 from minilm_cli.storage.local import LocalPendingFile
 
+SAMPLE = REPO / "sample_data"
 UNICODE = ["café", "naïve", "日本語", "😀ok", "Ωmega", "straße", "ﬁne", "e\u0301te", "x" * 30]
 
 
@@ -75,42 +76,99 @@ def test_pieces_tokenize_exactly_like_the_whole_text(tiny_embedder, piece_chars)
     plan.piece_chars = piece_chars
     text = long_text(3, 400, UNICODE) + "   \n\n  " + long_text(4, 50)
     whole = full_encoding(plan, text)
-    ids, offsets = zip(*text_pieces(plan, text))
+    ids, offsets, starts = zip(*text_pieces(plan, text))
     assert np.concatenate(ids).tolist() == whole.ids
     assert [tuple(o) for o in np.concatenate(offsets).tolist()] == whole.offsets
+    assert np.concatenate(starts).tolist() == [not t.startswith("##") for t in whole.tokens]
+
+
+def is_sentence_end(text: str, offsets: list[tuple[int, int]], i: int) -> bool:
+    """The rule of window_edges.py, written out: token i is ".", "!" or "?" followed by
+    whitespace, or any token followed by whitespace with a line break in it."""
+    start, end = offsets[i]
+    gap = text[end : offsets[i + 1][0] if i + 1 < len(offsets) else len(text)]
+    if not gap or not gap[0].isspace():
+        return False
+    return text[start:end] in (".", "!", "?") or "\n" in gap or "\r" in gap
+
+
+def assert_window_edges(plan, text: str, windows: list) -> int:
+    """Every window against the whole text's tokens: a slice of them, begun at a word start
+    and ended at a word end ("##" marks a later piece of a word), its substring tokenizing
+    to exactly its ids, the next one sharing at most --stride tokens, a sentence end in the
+    last quarter taken when there is one. Returns how many windows ended at a sentence end."""
+    whole = full_encoding(plan, text)
+    n, span, quarter = len(whole.ids), plan.span, plan.span // 4
+    word_start = [not t.startswith("##") for t in whole.tokens] + [True]  # the text's end ends a word
+    first_at = {}
+    for i, (start, _) in enumerate(whole.offsets):
+        first_at.setdefault(start, i)
+    at, sentence_cuts = 0, 0
+    for k, w in enumerate(windows):
+        size = len(w.ids)
+        assert first_at[w.char_start] == at and 1 <= size <= span
+        assert w.ids.tolist() == whole.ids[at : at + size]
+        assert w.char_end == whole.offsets[at + size - 1][1]
+        assert word_start[at] and word_start[at + size], (k, text[w.char_start : w.char_end])
+        again = plan.tokenizer.encode(text[w.char_start : w.char_end], add_special_tokens=False).ids
+        assert again == w.ids.tolist(), (k, text[w.char_start : w.char_end])
+        if k == len(windows) - 1:
+            assert at + size == n  # the last window reaches the end
+            break
+        ends = [j for j in range(at + span - quarter, at + span) if is_sentence_end(text, whole.offsets, j)]
+        ends = [j for j in ends if word_start[j + 1]]
+        if ends and quarter:
+            assert at + size - 1 == ends[-1], (k, text[w.char_end - 40 : w.char_end + 10])
+            sentence_cuts += 1
+        else:  # the last word end a full window allows
+            assert not any(word_start[at + size + 1 : at + span + 1])
+        end = at + size
+        following = next(i for i in range(max(at + 1, end - plan.stride), end + 1) if word_start[i])
+        at = following
+    return sentence_cuts
+
+
+LONG_TEXTS = [json.loads(line)["text"] for line in (SAMPLE / "long_texts.jsonl").open(encoding="utf-8")]
 
 
 @pytest.mark.parametrize("stride", [0, 8, 61])
-def test_windows_are_slices_of_the_whole_texts_tokens(tiny_embedder, stride):
+@pytest.mark.parametrize("piece_chars", [50, None])
+def test_windows_begin_and_end_at_word_edges(tiny_embedder, stride, piece_chars):
     plan = plan_windows(config([], "x", overflow="split", stride=stride), tiny_embedder)
-    plan.piece_chars = 50  # many pieces per window, and windows across pieces
-    for text in [long_text(1, 300), long_text(2, 250, UNICODE * 20), "one", "a b"]:
-        whole = full_encoding(plan, text)
+    plan.piece_chars = piece_chars or plan.piece_chars  # 50: many pieces per window
+    sentence_cuts = 0
+    for text in [LONG_TEXTS[0], long_text(1, 300), long_text(2, 250, UNICODE * 20), "one", "a b"]:
         windows = list(text_windows(plan, text))
-        step = plan.span - plan.stride
-        assert len(windows) == max(1, -(-(len(whole.ids) - plan.stride) // step))
-        for k, w in enumerate(windows):
-            start = k * step
-            end = min(start + plan.span, len(whole.ids))
-            assert w.ids.tolist() == whole.ids[start:end]
-            assert (w.char_start, w.char_end) == (whole.offsets[start][0], whole.offsets[end - 1][1])
-        assert windows[-1].char_end == whole.offsets[-1][1]  # nothing left out at the end
+        sentence_cuts += assert_window_edges(plan, text, windows)
+    assert sentence_cuts >= 10  # the licence text has many
 
 
-def test_window_text_retokenizes_to_its_tokens_at_word_edges(tiny_embedder):
-    plan = plan_windows(config([], "x", overflow="split"), tiny_embedder)
-    text = long_text(5, 600, UNICODE * 10)
-    vocab = plan.tokenizer
-    exact = 0
-    for w in text_windows(plan, text):
-        again = vocab.encode(text[w.char_start : w.char_end], add_special_tokens=False).ids
-        first, last_next = vocab.id_to_token(int(w.ids[0])), text[w.char_end : w.char_end + 1]
-        if not first.startswith("##") and (not last_next or not last_next.isalnum()):
-            assert again == w.ids.tolist()
-            exact += 1
-        else:  # a word cut at the edge re-tokenizes differently there, and only there
-            assert again[2:-2] == w.ids.tolist()[2 : len(again) - 2] or again[-3:] == w.ids.tolist()[-3:]
-    assert exact >= 3
+def test_a_sentence_end_in_the_last_quarter_ends_the_window(tiny_embedder):
+    plan = plan_windows(config([], "x", overflow="split", stride=0), tiny_embedder)  # 62 tokens
+    late = "a " * 50 + "end. " + "b " * 100  # "." is token 51 of 62: in the last quarter
+    early = "a " * 40 + "end! " + "b " * 100  # "!" is token 41: not
+    line = "a " * 55 + "end\n" + "b " * 100  # a line break after token 56
+    assert [len(w.ids) for w in text_windows(plan, late)][:2] == [52, 62]
+    assert [len(w.ids) for w in text_windows(plan, early)][0] == 62
+    assert [len(w.ids) for w in text_windows(plan, line)][0] == 56
+    assert late[: next(text_windows(plan, late)).char_end].endswith("end.")
+
+
+def test_a_word_longer_than_a_window_is_the_one_cut_inside_a_word(tiny_embedder):
+    plan = plan_windows(config([], "x", overflow="split", stride=2), tiny_embedder)
+    plan.max_length = 12  # 10 tokens a window
+    word = "tokenisationalisms" * 5  # one word of more than 10 pieces (under 100 characters)
+    text = f"a b {word} c d e"
+    tokens = full_encoding(plan, text).tokens
+    assert sum(t.startswith("##") for t in tokens) > 10
+    windows = list(text_windows(plan, text))
+    assert windows[0].ids.tolist() == full_encoding(plan, "a b").ids  # ends before the long word
+    inside = [w for w in windows if text[w.char_start : w.char_end] not in (word, "a b")]
+    assert len(inside) >= 2 and all(len(w.ids) <= 10 for w in windows)
+    assert windows[-1].char_end == len(text)
+    assert any(len(w.ids) == 10 and text[w.char_start : w.char_end] in word for w in windows)  # cut at 10
+    ids = [t for w in windows for t in w.ids.tolist()]
+    assert set(ids) == set(full_encoding(plan, text).ids)  # every token in some window
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -142,6 +200,20 @@ def test_split_rows_and_columns(tiny_embedder, docs, tmp_path):
     assert len(blank) == 1 and blank[0][3] == len(texts[-1].rstrip())
     assert result.documents == len(texts) and result.windows == len(got) == result.rows
     assert verify_output(tmp_path / "out").ok
+
+
+@pytest.mark.parametrize("mode", ["split", "mean"])
+def test_windows_count_every_window_row_a_dedup_copy_included(tiny_embedder, tmp_path, mode):
+    text = long_text(21, 150)
+    path = write_jsonl(tmp_path / "twice.jsonl", [text, "short", text])  # the same document twice
+    plan = plan_windows(config([], "x", overflow="split"), tiny_embedder)
+    per_doc = len(list(text_windows(plan, text)))
+    result = run(tiny_embedder, [path], tmp_path / "out", overflow=mode)
+    assert per_doc >= 3
+    assert result.windows == 2 * per_doc + 1  # the copies are window rows too
+    assert result.embedded == per_doc + 1  # ... but the model ran each distinct window once
+    assert manifest(tmp_path / "out")["totals"]["windows"] == 2 * per_doc + 1
+    assert f"({2 * per_doc + 1} windows" in result.summary()
 
 
 def test_one_document_longer_than_a_chunk_and_a_shard(tiny_embedder, docs, tmp_path):
@@ -296,6 +368,32 @@ def test_each_window_is_the_model_run_on_exactly_its_tokens(real_model_dir, samp
         v = (np.asarray(expected)[ids == i] * weights[ids == i, None]).sum(0) / weights[ids == i].sum()
         means.append(v / np.linalg.norm(v))
     np.testing.assert_allclose(vectors_of(read_output(tmp_path / "mean")), np.asarray(means), atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_real_texts_windows_retokenize_exactly_and_embed_alike(real_model_dir, tmp_path):
+    from minilm_cli.model import Embedder
+
+    embedder = Embedder(model=real_model_dir, device="cpu", precision="fp32")
+    plan = plan_windows(config([], "x", overflow="split"), embedder)
+    assert plan.span == 254 and len(LONG_TEXTS) == 3
+    sentence_cuts = 0
+    for text in LONG_TEXTS:  # every window of three licence texts (CC0, Apache 2.0, GPL 3)
+        sentence_cuts += assert_window_edges(plan, text, list(text_windows(plan, text)))
+    assert sentence_cuts >= 20
+    text = LONG_TEXTS[0]
+    path = write_jsonl(tmp_path / "cc0.jsonl", [text])
+    run_job(config([path], tmp_path / "split", overflow="split"), embedder=embedder)
+    table = read_output(tmp_path / "split")
+    spans = list(zip(table.column("char_start").to_pylist(), table.column("char_end").to_pylist()))
+    substrings = [text[a:b] for a, b in spans]
+    counts = [len(plan.tokenizer.encode(t).ids) for t in substrings]  # with [CLS] and [SEP]
+    assert table.num_rows >= 5 and table.column("tokens").to_pylist() == counts
+    rows = [0, table.num_rows // 2, table.num_rows - 1]  # a few windows: the model is slow here
+    again = embedder.embed([substrings[i] for i in rows])
+    stored = vectors_of(table)[rows]
+    cosines = (again * stored).sum(1) / np.linalg.norm(again, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosines.min() >= 0.9999, cosines
 
 
 @pytest.mark.parametrize("by_records", [False, True])

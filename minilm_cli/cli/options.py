@@ -146,12 +146,16 @@ _EMBED_OPTIONS = [
         show_default=True,
         help="Texts over --max-length: truncate (counted); split into overlapping windows, one row each "
         "(adds window, char_start, char_end, tokens columns); mean of the windows' vectors weighted by "
-        "their tokens, one row per text; reject as a bad row (see --on-error).",
+        "their tokens, one row per text; reject as a bad row (see --on-error). A window begins and ends "
+        "at word edges, so text[char_start:char_end] tokenizes to exactly its tokens (a word longer than "
+        "a window is cut), and ends at the last sentence end (. ! ? then a space, or a line break) in "
+        "its last quarter when there is one.",
     ),
     click.option(
         "--stride",
         type=click.IntRange(0),
-        help="split/mean: tokens consecutive windows share. Default: --max-length // 8 (32 for 256).",
+        help="split/mean: most tokens consecutive windows share (fewer when the next window's first "
+        "word begins later). Default: --max-length // 8 (32 for 256).",
     ),
     click.option(
         "--device",

@@ -20,6 +20,7 @@ class MergedTokens(TokenizedChunk):
 
     padded: int = 0
     windows_run: int = 0  # windows that went through the model
+    window_rows: int = 0  # windows behind these documents, a copy of a repeated window included
 
     @property
     def padded_tokens(self) -> int:
@@ -162,4 +163,5 @@ def _counts(chunks: list[Chunk]) -> MergedTokens:
     tokens = [c.tokens for c in chunks if c.tokens is not None]
     lengths = np.concatenate([t.lengths for t in tokens]) if tokens else np.zeros(0, np.int64)
     run = sum(t.model_rows for t in tokens)
-    return MergedTokens([], lengths, 0, padded=sum(t.padded_tokens for t in tokens), windows_run=run)
+    padded = sum(t.padded_tokens for t in tokens)
+    return MergedTokens([], lengths, 0, padded, windows_run=run, window_rows=sum(len(c) for c in chunks))

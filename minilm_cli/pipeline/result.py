@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .mean import MergedTokens
+
 
 @dataclass
 class JobResult:
@@ -23,7 +25,7 @@ class JobResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     output: str = ""
     overflow: str = "truncate"
-    windows: int = 0  # windows embedded by this run (split, mean)
+    windows: int = 0  # window rows of this run (split, mean), a copy of a repeated window included
     documents: int = 0  # documents those windows came from (split)
 
     def add_shards(self, shards: list[dict[str, Any]]) -> None:
@@ -46,8 +48,8 @@ class JobResult:
         self.rejected += len(chunk.rejects)
         if self.overflow == "split" and len(chunk):
             self.documents += int((chunk.keep.column("window").to_numpy() == 0).sum())
+        self.windows += _window_rows(self.overflow, chunk)
         if chunk.tokens is not None:
-            self.windows += len(chunk.tokens.lengths)
             self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
@@ -87,3 +89,13 @@ class JobResult:
             f"{lead}; {self.rejected} rejected, {self.truncated} truncated; "
             f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}{reused}"
         )
+
+
+def _window_rows(overflow: str, chunk: Any) -> int:
+    """Window rows behind a chunk: under split each row is one; under mean its documents'
+    windows. Dedup copies count, as rows do: ``embedded`` counts what the model ran."""
+    if overflow == "split":
+        return len(chunk)
+    if overflow == "mean" and isinstance(chunk.tokens, MergedTokens):
+        return chunk.tokens.window_rows
+    return 0

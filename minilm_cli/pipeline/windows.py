@@ -14,6 +14,7 @@ How windows flow through the stage list:
 A text is tokenized in pieces cut at whitespace (so the tokenizer sees whole words and its
 offsets stay right across pieces) and windows are cut from a small rolling buffer, so a
 10 MB line never has more than a few windows' worth of tokens in flight beside the chunk.
+Where a window begins and ends (word edges, sentence ends, the overlap) is window_edges.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..batching import Chunk, TokenizedChunk
 from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
+from .window_edges import next_start, sentence_ends, window_end, word_starts
 
 WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
 TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
@@ -96,18 +98,19 @@ def overflow_settings(cfg: EmbedConfig, embedder: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- tokens and windows
 
 
-def text_pieces(plan: WindowPlan, text: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(token ids, (start, end) char offsets into ``text``) piece by piece, no special tokens.
+def text_pieces(plan: WindowPlan, text: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(token ids, (start, end) char offsets into ``text``, word starts) piece by piece, no
+    special tokens.
 
     Pieces end just before a space, tab or newline, so no word is cut and each piece's
-    tokens are exactly the whole text's tokens there.
+    tokens are exactly the whole text's tokens there (its first token begins a word).
     """
     start, n = 0, len(text)
     while start < n:
         end = n if start + plan.piece_chars >= n else _cut(text, start, start + plan.piece_chars)
         enc = plan.tokenizer.encode(text[start:end], add_special_tokens=False)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2) + start
-        yield np.asarray(enc.ids, dtype=np.int32), offsets
+        yield np.asarray(enc.ids, dtype=np.int32), offsets, word_starts(enc)
         start = end
 
 
@@ -127,36 +130,64 @@ class Window:
     char_end: int
 
 
-def windows_of(plan: WindowPlan, pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Window]:
-    """Windows of ``plan.span`` tokens, each starting ``span - stride`` tokens after the one
-    before; the last holds what is left. A text without tokens is one empty window."""
-    span, step = plan.span, plan.span - plan.stride
-    ids = np.zeros(0, dtype=np.int32)
-    offsets = np.zeros((0, 2), dtype=np.int64)
-    emitted = False
-    for piece_ids, piece_offsets in pieces:
-        ids = np.concatenate((ids, piece_ids))
-        offsets = np.concatenate((offsets, piece_offsets))
-        while len(ids) >= span:
-            yield _window(ids[:span], offsets[:span])
-            emitted = True
-            ids, offsets = ids[step:], offsets[step:]
-    if not emitted or len(ids) > plan.stride:  # tokens no window holds yet
-        yield _window(ids, offsets)
+@dataclass
+class _Buffer:
+    """The tokens not yet behind every window: ids, offsets, word starts, sentence ends. The
+    last token's sentence end waits for the next piece (what follows it decides)."""
+
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def add(self, text: str, ids: np.ndarray, offsets: np.ndarray, starts: np.ndarray) -> None:
+        if not len(ids):
+            return
+        redo = min(1, len(self.ids))  # the buffer's last token, now that its follower is known
+        fresh = np.concatenate((self.offsets[len(self.offsets) - redo :], offsets))
+        ends = sentence_ends(text, fresh, int(offsets[-1, 1]))
+        self.ids = np.concatenate((self.ids, ids))
+        self.offsets = np.concatenate((self.offsets, offsets))
+        self.starts = np.concatenate((self.starts, starts))
+        self.ends = np.concatenate((self.ends[: len(self.ends) - redo], ends))
+
+    def drop(self, count: int) -> None:
+        self.ids, self.offsets = self.ids[count:], self.offsets[count:]
+        self.starts, self.ends = self.starts[count:], self.ends[count:]
+
+    def window(self, count: int) -> Window:
+        if not count:
+            return Window(self.ids[:0].copy(), 0, 0)
+        return Window(self.ids[:count].copy(), int(self.offsets[0, 0]), int(self.offsets[count - 1, 1]))
 
 
-def _window(ids: np.ndarray, offsets: np.ndarray) -> Window:
-    if not len(ids):
-        return Window(ids.copy(), 0, 0)
-    return Window(ids.copy(), int(offsets[0, 0]), int(offsets[-1, 1]))
+def windows_of(
+    plan: WindowPlan, text: str, pieces: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> Iterator[Window]:
+    """The windows of ``text`` from its pieces, cut by the rule in window_edges.py: at most
+    ``plan.span`` tokens, word edges, a sentence end in the last quarter preferred, at most
+    ``plan.stride`` tokens shared. A text without tokens is one empty window."""
+    span = plan.span
+    buffer = _Buffer()
+    for piece in pieces:
+        buffer.add(text, *piece)
+        while len(buffer.ids) > span:  # one token past the window, so its word end is known
+            end = window_end(buffer.starts, buffer.ends, span)
+            yield buffer.window(end)
+            buffer.drop(next_start(buffer.starts, end, plan.stride))
+    # What is left: more than the last window's end (a cut leaves over span tokens), or all
+    yield buffer.window(len(buffer.ids))
 
 
 def text_windows(plan: WindowPlan, text: str, encoding: Any = None) -> Iterator[Window]:
     """The windows of one text; ``encoding`` is its tokens when already at hand (short texts)."""
     if encoding is None:
-        return windows_of(plan, text_pieces(plan, text))
+        return windows_of(plan, text, text_pieces(plan, text))
+    ids = np.asarray(encoding.ids, dtype=np.int32)
     offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-    return windows_of(plan, iter([(np.asarray(encoding.ids, dtype=np.int32), offsets)]))
+    if len(ids) <= plan.span:  # one window, whatever its edges
+        return iter([Window(ids, int(offsets[0, 0]), int(offsets[-1, 1])) if len(ids) else Window(ids, 0, 0)])
+    return windows_of(plan, text, iter([(ids, offsets, word_starts(encoding))]))
 
 
 # ---------------------------------------------------------------------------- row stage: split
@@ -326,7 +357,7 @@ def token_counts(plan: WindowPlan, texts: list[str]) -> list[int]:
         if len(text) <= plan.piece_chars:
             counts.append(next(lengths) + plan.specials)
         else:
-            counts.append(sum(len(ids) for ids, _ in text_pieces(plan, text)) + plan.specials)
+            counts.append(sum(len(ids) for ids, _, _ in text_pieces(plan, text)) + plan.specials)
     return counts
 
 
