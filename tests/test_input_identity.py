@@ -128,6 +128,19 @@ def test_an_old_manifest_with_relative_paths_still_resumes_and_appends(tree: Pat
     assert rows_in(out) == ROWS
 
 
+def test_parts_of_a_job_array_may_spell_the_input_differently(tree: Path, tiny_model_dir) -> None:
+    write_rows(tree / "data" / "inc.csv", 400)  # big enough to be cut into byte ranges
+    out = tree / "out"
+    tasks = [(tree, "data/inc.csv"), (tree / "elsewhere", str(tree / "link" / "inc.csv"))]
+    for index, (cwd, spelling) in enumerate(tasks):  # each task of the array starts elsewhere
+        os.chdir(cwd)
+        part = embed(tiny_model_dir, spelling, "-o", out, "--num-shards", "2", "--shard-index", str(index))
+        assert part.exit_code == 0, part.output
+    merged = cli(["merge-manifests", str(out)])
+    assert merged.exit_code == 0, merged.output
+    assert rows_in(out) == 400
+
+
 @pytest.mark.parametrize("second", ["x.csv", "./x.csv", "ABSOLUTE", "*.csv", "alias.csv"])
 def test_a_file_given_twice_is_read_once_at_its_first_place(tmp_path: Path, monkeypatch, second) -> None:
     monkeypatch.chdir(tmp_path)
