@@ -350,7 +350,10 @@ def test_directory_input_says_which_files_it_skipped(tmp_path, embedder):
     told: list[str] = []
     files = resolve_inputs([str(data)], log=told.append)
     assert [f.path for f in files] == [str(data / "a.txt")]
-    assert told == [f"skipped {data / 'notes.md'}: not a supported input format (by its extension)"]
+    assert told == [  # hidden files are named too (issue 20, item 9)
+        f"skipped {data / '.hidden.txt'}: hidden",
+        f"skipped {data / 'notes.md'}: not a supported input format (by its extension)",
+    ]
 
 
 def test_xz_input_works(tmp_path, embedder):

@@ -291,7 +291,7 @@ _EMBED_OPTIONS = [
         type=click.Choice(["local", "ray"]),
         default="local",
         show_default=True,
-        help="ray: run on a Ray cluster with Ray Data (pip install minilm-cli[ray]).",
+        help="ray: run on a Ray cluster with Ray Data (in a clone: pip install '.[ray]').",
     ),
     click.option(
         "--ray-address",

@@ -3,12 +3,14 @@
     doc["generations"] = [
       {"generation": 1, "started": ..., "inputs": [fingerprints embedded], "first_shard": 0,
        "record_start": 0, "record_end": 1200,
-       "input_records": [{"path": "a.txt", "start": 0, "end": 700}, ...]},   # set when it ends
+       "input_records": [{"path": "/data/a.txt", "start": 0, "end": 700}, ...]},   # set when it ends
       {"generation": 2, ...},
     ]
     a shard entry gains "superseded": G when generation G re-embedded its rows.
 
-An input whose path, size and modification time are already recorded is skipped. A new input
+Inputs are named by their key (storage/identity.py: a real path, or a normalised URL), so a
+file spelled another way, or from another directory, is the same input. An input whose key,
+size and modification time are already recorded is skipped. A new input
 is embedded in the new generation, after the existing shards. An input that changed is
 embedded again, and so is every unchanged input that shares a shard with it (a shard is
 superseded whole), so that the current shards hold every input's rows exactly once. Readers

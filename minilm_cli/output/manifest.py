@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import OutputConflict
-from ..storage import Storage, storage_for
+from ..storage import Storage, input_key, storage_for
 from .layout import MARKER_FOLDER, Layout
 from .writers import ShardRecord
 
@@ -138,7 +138,7 @@ class Manifest:
         """Header + markers: the compacted and the in-progress form alike."""
         layout = layout_of(path)
         storage = storage or storage_for(layout.root)
-        manifest = cls(read_doc(path, storage), layout, storage)
+        manifest = cls(canonical_inputs(read_doc(path, storage)), layout, storage)
         manifest._add_markers()
         return manifest
 
@@ -216,6 +216,38 @@ class Manifest:
             if self.layout.own_index(name) is not None and name.endswith(".json"):
                 self.storage.remove(os.path.join(self.layout.marker_folder, name))
         self.storage.remove_empty_dir(self.layout.marker_folder)
+
+
+def canonical_inputs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every place ``doc`` names an input, as its key (storage/identity.py), in place.
+
+    This tool records keys; older versions recorded each path as it was given. Such an entry
+    is made a key against the current working directory: best effort, right when the run is
+    continued from the folder it started in (as a cron job is), and then every other
+    spelling of the same file matches too. A key is its own key, so this changes nothing else."""
+
+    def fix(entries: Any) -> None:
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                entry["path"] = input_key(entry["path"])
+
+    fix(doc.get("inputs"))
+    assignment = doc.get("assignment")
+    if isinstance(assignment, dict):
+        fix(assignment.get("splits"))
+    gens = doc.get("generations")
+    for gen in gens if isinstance(gens, list) else []:
+        if not isinstance(gen, dict):
+            continue
+        for name in ("inputs", "input_records", "splits"):
+            fix(gen.get(name))
+        plan = gen.get("plan")
+        if isinstance(plan, dict):
+            fix(plan.get("inputs"))
+            for name in ("new", "changed"):
+                if isinstance(plan.get(name), list):
+                    plan[name] = [input_key(p) if isinstance(p, str) else p for p in plan[name]]
+    return doc
 
 
 def first_difference(

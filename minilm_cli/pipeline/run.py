@@ -57,10 +57,8 @@ class Plan:
     def restricted(self, paths: list[str], num_shards: int, shard_index: int) -> Plan:
         """The same run over some of its inputs (--append: the ones OUTPUT does not hold yet),
         cut into ``num_shards`` stretches again, of which this part reads ``shard_index``."""
-        from ..storage import redact_url
-
-        wanted = set(paths)  # as the manifest records them: URLs without credentials
-        files = [f for f in self.files if redact_url(f.path) in wanted]
+        wanted = set(paths)  # as the manifest records them: each input's key
+        files = [f for f in self.files if f.key in wanted]
         stretches = plan_splits(files, num_shards)
         earlier = [s for rank in stretches[:shard_index] for s in rank]
         return Plan(files, stretches[shard_index], earlier, self.schema)

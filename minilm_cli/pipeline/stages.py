@@ -103,7 +103,7 @@ class Stages:
                 for check in self.record_checks:
                     checked = check(raw, checked)
                 yield checked
-            self.input_records.append({"path": split.file.path, "start": start, "end": record})
+            self.input_records.append({"path": split.file.key, "start": start, "end": record})
 
     def _read(self, split: Split) -> Iterator:
         part = None if split.kind == "whole" else split

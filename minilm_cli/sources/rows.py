@@ -33,13 +33,20 @@ class InputFile:
     def is_stdin(self) -> bool:
         return self.path == "-"
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What the manifest records (the URL without credentials) and a resumed or appended
-        run compares: an object rewritten in the same second with the same size has a new ETag."""
-        from ..storage import redact_url
+    @property
+    def key(self) -> str:
+        """Which file this is however ``path`` spells it (storage/identity.py): the manifest
+        records inputs under it, and --append, --resume and the job-array checks compare it."""
+        from ..storage import input_key
 
+        return input_key(self.path)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the manifest records (the key: a real path, or the URL without credentials)
+        and a resumed or appended run compares: an object rewritten in the same second with
+        the same size has a new ETag."""
         out: dict[str, Any] = {
-            "path": redact_url(self.path),
+            "path": self.key,
             "format": self.format,
             "compression": self.compression,
             "size": self.size,
@@ -81,10 +88,8 @@ class Split:
     extent: int = 0  # the file's bytes, or its row groups: what the splits of a file must tile
 
     def to_json(self) -> dict[str, Any]:
-        from ..storage import redact_url
-
         return {
-            "path": redact_url(self.file.path),
+            "path": self.file.key,
             "kind": self.kind,
             "start": self.start,
             "end": self.end,

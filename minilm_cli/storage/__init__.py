@@ -20,6 +20,7 @@ import threading
 from typing import IO, Any
 
 from .base import FileInfo, Lock, PendingFile, Storage
+from .identity import input_key, normalize_url
 from .local import LocalStorage
 from .prefetch import prefetching
 from .remote import FsspecStorage, parse_storage_options, redact, redact_url, scheme_of
@@ -129,8 +130,10 @@ __all__ = [
     "PendingFile",
     "Storage",
     "configure_storage",
+    "input_key",
     "is_remote",
     "local_path",
+    "normalize_url",
     "parse_storage_options",
     "redact",
     "redact_url",
