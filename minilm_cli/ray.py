@@ -10,7 +10,7 @@ reader treat the output like any other.
 
 For your own Ray pipelines: ``embed_dataset(ds, text_column="text", ...)`` returns ``ds`` with
 an ``embedding`` column (null where the row was rejected) and a ``reject_reason`` column.
-Ray is an optional extra: ``pip install minilm-cli[ray]``.
+Ray is an optional extra: ``pip install '.[ray]'`` in a clone.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise InputError("--engine ray needs Ray: pip install 'minilm-cli[ray]'") from None
+        raise InputError("--engine ray needs Ray: pip install 'ray[data]' (or '.[ray]' in a clone)") from None
     return ray
 
 

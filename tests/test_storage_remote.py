@@ -105,9 +105,9 @@ def test_missing_extra_is_one_line(monkeypatch) -> None:
     with pytest.raises(InputError) as exc:
         FsspecStorage("s3", {})
     msg = str(exc.value)
-    assert "\n" not in msg and "pip install 'minilm-cli[s3]'" in msg and exc.value.exit_code == 2
+    assert "\n" not in msg and "pip install s3fs (or '.[s3]' in a clone)" in msg and exc.value.exit_code == 2
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(InputError, match=r"minilm-cli\[hf\]"):
+    with pytest.raises(InputError, match=r"pip install huggingface_hub \(or .\.\[hf\]. in a clone\)"):
         FsspecStorage("hf", {})
     with pytest.raises(InputError, match="unknown storage scheme"):
         FsspecStorage("nosuchscheme", {})

@@ -67,13 +67,14 @@ from .secrets import parse_storage_options, redact, redact_url, scheme_of
 from .store_errors import error_code, translate
 from .uploads import FsspecPendingFile, SpooledPendingFile
 
-#: Which package serves each scheme, and the extra (or package) that installs it.
+#: Which package serves each scheme, and how to install it. The package by name, not our
+#: extra: minilm-cli is installed from a clone, where `minilm-cli[s3]` would look on PyPI.
 EXTRAS: dict[str, tuple[str, str]] = {
-    "s3": ("s3fs", "pip install 'minilm-cli[s3]'"),
-    "s3a": ("s3fs", "pip install 'minilm-cli[s3]'"),
-    "gs": ("gcsfs", "pip install 'minilm-cli[gcs]'"),
-    "gcs": ("gcsfs", "pip install 'minilm-cli[gcs]'"),
-    "hf": ("huggingface_hub", "pip install 'minilm-cli[hf]'"),
+    "s3": ("s3fs", "pip install s3fs (or '.[s3]' in a clone)"),
+    "s3a": ("s3fs", "pip install s3fs (or '.[s3]' in a clone)"),
+    "gs": ("gcsfs", "pip install gcsfs (or '.[gcs]' in a clone)"),
+    "gcs": ("gcsfs", "pip install gcsfs (or '.[gcs]' in a clone)"),
+    "hf": ("huggingface_hub", "pip install huggingface_hub (or '.[hf]' in a clone)"),
     "az": ("adlfs", "pip install adlfs"),
     "abfs": ("adlfs", "pip install adlfs"),
     "abfss": ("adlfs", "pip install adlfs"),
