@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli, model_args, write_corpus
+from helpers import assert_one_line_error, cli, model_args, write_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = 50
@@ -120,3 +120,11 @@ def test_every_row_reaches_a_reader_that_stays(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
     assert [json.loads(line)["id"] for line in lines] == list(range(2000))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (Linux)")
+def test_no_resume_hint_when_nothing_was_written(outputs, tiny_model_dir):
+    """OUTPUT cannot even be created: there are no finished shards to keep or to --resume."""
+    result = cli(["embed", str(outputs["corpus"]), "-o", "/proc/minilm-out", *model_args(tiny_model_dir)])
+    line = assert_one_line_error(result, 1, "/proc/minilm-out")
+    assert "--resume" not in line and "finished shards" not in line

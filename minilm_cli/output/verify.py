@@ -120,6 +120,11 @@ class _Verifier:
         report.dim = settings.get("dim")
         if holder is not None:
             report.problems.append(f"{name}: a run is in progress (pid {holder}); verify it once it ends")
+        elif doc.get("status") == "running":  # says running, but its lock (flock or lease) is free
+            report.problems.append(
+                f"{name}: run was interrupted (status 'running', no process holds its lock); "
+                "rerun the same command with --resume to continue"
+            )
         elif doc.get("status") != "complete":
             report.problems.append(
                 f"{name}: run is {doc.get('status')!r}, not complete; rerun it with --resume"

@@ -161,9 +161,9 @@ class _OpenShard:
         if chunk.dedup is not None:
             self.reused += chunk.dedup.reused_rows
         self.rows += len(chunk)
+        self.truncated += chunk.truncated_rows
         if chunk.tokens is not None:
             self.embedded += chunk.tokens.model_rows
-            self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
 
