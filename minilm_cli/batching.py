@@ -36,9 +36,18 @@ class Chunk:
     tokens: TokenizedChunk | None = None
     dedup: Any = None  # pipeline.dedup.DedupPlan: which rows the model sees, when deduplicating
     keys: np.ndarray | None = None  # rows x 2 uint64: each text's key (pipeline.dedup.text_keys)
+    truncated: int | None = None  # rows whose text was truncated, copied and reused rows included
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def truncated_rows(self) -> int:
+        """Rows written whose text was truncated, whatever their vector's source (the count the
+        summary and the manifest give); the model's own count where no one counted all rows."""
+        if self.truncated is not None:
+            return self.truncated
+        return self.tokens.truncated if self.tokens is not None else 0
 
 
 @dataclass
@@ -49,6 +58,7 @@ class TokenizedChunk:
     lengths: np.ndarray
     truncated: int
     batches: list[Batch] = field(default_factory=list)
+    overflowed: list[bool] = field(default_factory=list)  # per row, when tokenized from text
 
     @property
     def model_rows(self) -> int:

@@ -328,7 +328,10 @@ class Embedder:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        return self.batch_ids(ids, lengths, sum(1 for e in encodings if e.overflowing))
+        overflowed = [bool(e.overflowing) for e in encodings]
+        chunk = self.batch_ids(ids, lengths, sum(overflowed))
+        chunk.overflowed = overflowed
+        return chunk
 
     def batch_ids(self, ids: list[np.ndarray], lengths: np.ndarray, truncated: int) -> TokenizedChunk:
         """Rows of token ids into length-sorted, padded batches, ready for ``run``."""

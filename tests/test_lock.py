@@ -63,6 +63,11 @@ def test_second_writer_refused_then_lock_freed_by_sigkill(tmp_path, tiny_model_d
     assert proc.returncode == -signal.SIGKILL
     assert manifest(out)["status"] == "running"  # the dead run had no chance to say anything
     assert (out / ".manifest.json.lock").read_text().strip() == str(proc.pid)  # stale pid, no lock
+    dead = cli(["verify", str(out)])  # no run is alive: say so, and how to continue
+    assert dead.exit_code == 4, dead.output
+    assert "manifest.json: run was interrupted" in dead.output, dead.output
+    assert "rerun the same command with --resume to continue" in dead.output
+    assert "in progress" not in dead.output
 
     resumed = cli(["embed", *args, "--resume"])
     assert resumed.exit_code == 0, resumed.output

@@ -96,7 +96,10 @@ def _describe_os_error(exc: OSError) -> str:
         errno.EROFS: "read-only file system",
     }
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    return f"{reason}{where}; finished shards are kept: fix this and rerun with --resume"
+    # pipeline.to_directory counts OUTPUT's finished shards: with none, --resume has nothing to keep
+    if getattr(exc, "finished_shards", 0):
+        return f"{reason}{where}; finished shards are kept: fix this and rerun with --resume"
+    return f"{reason}{where}"
 
 
 class OneLineErrors(click.Group):

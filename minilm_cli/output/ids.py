@@ -140,16 +140,14 @@ def _scan_bucket(records: np.ndarray, found: Repeats) -> None:
 def count_duplicate_ids(root: str | os.PathLike) -> int:
     """Repeated ids over every finished shard of OUTPUT (all its manifest parts), in bounded
     memory: for the pipeline to record as totals.duplicate_ids at the end of a run."""
-    import pyarrow.parquet as pq
-
     from .merge import finished_files
+    from .tables import read_table
 
     storage = storage_for(os.fspath(root))
     scan = DuplicateScan(storage)
     try:
         for path in finished_files(root):
-            with storage.open_read(path) as f:
-                scan.add(pq.read_table(f, columns=["id"]).column("id"))
+            scan.add(read_table(storage, path, columns=["id"]).column("id"))
         return scan.repeats().total
     finally:
         scan.close()

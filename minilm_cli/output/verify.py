@@ -18,6 +18,7 @@ from .layout import relative as layout_rel
 from .layout import shard_folders
 from .manifest import Manifest, ManifestError, find_manifests, layout_of
 from .merge import settings_mix_problems, stale_merge_problems
+from .tables import read_table
 from .verify_keys import KeyChecks
 from .writers import sha256_of
 
@@ -119,6 +120,11 @@ class _Verifier:
         report.dim = settings.get("dim")
         if holder is not None:
             report.problems.append(f"{name}: a run is in progress (pid {holder}); verify it once it ends")
+        elif doc.get("status") == "running":  # says running, but its lock (flock or lease) is free
+            report.problems.append(
+                f"{name}: run was interrupted (status 'running', no process holds its lock); "
+                "rerun the same command with --resume to continue"
+            )
         elif doc.get("status") != "complete":
             report.problems.append(
                 f"{name}: run is {doc.get('status')!r}, not complete; rerun it with --resume"
@@ -219,9 +225,9 @@ class _Verifier:
         if layout == "npy":
             with self.storage.open_read(os.path.join(self.root, files["embeddings"]["path"])) as f:
                 embeddings = np.load(f)
-            meta = pq.read_table(self.storage.open_read(os.path.join(self.root, files["metadata"]["path"])))
+            meta = read_table(self.storage, os.path.join(self.root, files["metadata"]["path"]))
             return np.asarray(embeddings, dtype=np.float32), meta
-        table = pq.read_table(self.storage.open_read(os.path.join(self.root, files["data"]["path"])))
+        table = read_table(self.storage, os.path.join(self.root, files["data"]["path"]))
         column = table.column("embedding").combine_chunks()
         values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         return values.reshape(-1, column.type.list_size), table.drop_columns(["embedding"])
@@ -251,7 +257,7 @@ class _Verifier:
     def _example(self, shard: _Shard, row: int | None) -> str:
         if row is None:
             return ""
-        ids = pq.read_table(self.storage.open_read(os.path.join(self.root, shard.table)), columns=["id"])
+        ids = read_table(self.storage, os.path.join(self.root, shard.table), columns=["id"])
         return f", e.g. {ids.column('id')[row].as_py()!r}"
 
     def orphans(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
 import shutil
 import sys
 from dataclasses import dataclass
@@ -160,9 +161,9 @@ class _OpenShard:
         if chunk.dedup is not None:
             self.reused += chunk.dedup.reused_rows
         self.rows += len(chunk)
+        self.truncated += chunk.truncated_rows
         if chunk.tokens is not None:
             self.embedded += chunk.tokens.model_rows
-            self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
 
@@ -283,5 +284,28 @@ class JsonLinesWriter:
             row["embedding"] = vector
             lines.append(json.dumps(row, default=str))
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            write_all(self.stream, "\n".join(lines) + "\n")
+
+
+def write_all(stream: IO[str], text: str) -> None:
+    """All of ``text`` reaches the stream's file, or an OSError (BrokenPipeError) is raised.
+
+    Under PYTHONUNBUFFERED=1 (usual in containers and cron) sys.stdout writes straight to the
+    raw file, and a write that a closing reader (``| head``) cuts short returns a short count
+    that the text layer drops without a word: the rest of the chunk is lost and the run ends
+    with exit 0 and a full summary. Writing the bytes in a loop makes the next write after a
+    short one raise, so the run stops with the documented 141."""
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a plain text stream (StringIO): nothing is cut short
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # whatever the text layer still holds goes first
+    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while data:
+        written = binary.write(data)
+        if written is None:  # a non-blocking stdout that is full: wait until it drains
+            select.select([], [stream.fileno()], [])
+            continue
+        data = data[written:]
+    binary.flush()

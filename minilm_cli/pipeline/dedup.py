@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -131,6 +131,44 @@ class RowExpander:
         if chunk.shard_end:
             self.memory.forget()
         return out
+
+
+class TruncatedRows:
+    """How many rows of a chunk had their text truncated, copies and reused rows included:
+    `truncated` describes the rows written, whatever their vector's source. A tokenized row
+    says so itself; a copy's text is its first occurrence's, remembered by key for the shard
+    (as the planner remembers texts); a reused row, or a copy whose first occurrence was
+    forgotten, is tokenized just to ask (``overflows``, on a bounded prefix of the text)."""
+
+    def __init__(self, capacity: int, overflows: Callable[[list[str]], list[bool]]) -> None:
+        self.memory = _Memory(capacity)
+        self.overflows = overflows
+
+    def count(self, chunk: Chunk) -> int:
+        plan: DedupPlan = chunk.dedup
+        assert chunk.keys is not None
+        tokenized = dict(zip(plan.unique_rows, chunk.tokens.overflowed if chunk.tokens else []))
+        flags = [False] * len(chunk)
+        ask: dict[bytes, list[int]] = {}  # key -> its rows, for texts nobody here has tokenized
+        for row, key in enumerate(chunk.keys):
+            k = key.tobytes()
+            if row in tokenized:
+                flags[row] = tokenized[row]
+            elif k in self.memory.known:
+                flags[row] = bool(self.memory.known[k])
+            else:
+                ask.setdefault(k, []).append(row)
+                continue
+            self.memory.see(k, flags[row])
+        if ask:
+            answers = self.overflows([chunk.texts[rows[0]] for rows in ask.values()])
+            for (k, rows), flag in zip(ask.items(), answers):
+                for row in rows:
+                    flags[row] = flag
+                self.memory.see(k, flag)
+        if chunk.shard_end:
+            self.memory.forget()
+        return sum(flags)
 
 
 def _dim(plan: DedupPlan, embedded: np.ndarray) -> int:

@@ -46,11 +46,11 @@ class JobResult:
         self.embedded += chunk.tokens.model_rows if chunk.tokens is not None else 0
         self.reused += chunk.dedup.reused_rows if chunk.dedup is not None else 0
         self.rejected += len(chunk.rejects)
+        self.truncated += chunk.truncated_rows
         if self.overflow == "split" and len(chunk):
             self.documents += int((chunk.keep.column("window").to_numpy() == 0).sum())
         self.windows += _window_rows(self.overflow, chunk)
         if chunk.tokens is not None:
-            self.truncated += chunk.tokens.truncated
             self.tokens += chunk.tokens.real_tokens
             self.padded_tokens += chunk.tokens.padded_tokens
 
@@ -69,6 +69,11 @@ class JobResult:
         out["rows_per_second"] = round(self.rows_per_second, 2)
         out["seconds"] = round(self.seconds, 3)
         return out
+
+    def holdings(self) -> str:
+        """What OUTPUT holds, for a run that had nothing to do (its earlier runs' rejected,
+        truncated, speed and padding figures are not this run's, so they are not shown)."""
+        return f"added 0 rows; {self.output} holds {self.rows} rows in {self.shards} shard(s)"
 
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"

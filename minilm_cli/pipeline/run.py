@@ -230,6 +230,11 @@ class Run:
         self.log(self.result.summary())
         return self.result
 
+    def finish_unchanged(self) -> JobResult:
+        """A --resume or --append that found nothing to do: what OUTPUT holds, no run figures."""
+        self.log(self.result.holdings())
+        return self.result
+
     def _progress(self) -> tqdm:
         disable = self.cfg.quiet or not stderr_is_terminal()
         total = None if disable else self.plan.known_rows()

@@ -24,7 +24,7 @@ from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
 from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
-from .dedup import CAPACITY, RowExpander, RowPlanner
+from .dedup import CAPACITY, RowExpander, RowPlanner, TruncatedRows
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
@@ -49,6 +49,7 @@ class Stages:
     reuse: object | None = None  # pipeline.reuse.ReuseIndex over the --reuse outputs
     input_records: list[dict] = field(default_factory=list)  # each split's [start, end) of records
     on_batch: Callable[[int], None] | None = None  # told each model batch's rows (progress)
+    truncation: TruncatedRows | None = None  # counts truncated texts of copied and reused rows too
 
     def __post_init__(self) -> None:
         from .windows import add_stages
@@ -56,6 +57,7 @@ class Stages:
         if not self.chunk_stages:
             capacity = CAPACITY if self.cfg.dedup else 0
             self.chunk_stages = [RowPlanner(capacity, self.reuse), self.tokenize]
+            self.truncation = TruncatedRows(capacity, self.overflows)
             self.model_stages.append(expand_rows(RowExpander(capacity)))
         add_stages(self)  # --overflow split / mean / reject: windows replace the plain tokenizer
 
@@ -119,8 +121,15 @@ class Stages:
             if texts:
                 texts = [clip_text(text, self.embedder) for text in texts]
                 chunk.tokens = self.embedder.tokenize(texts)
+            if self.truncation is not None and chunk.dedup is not None and chunk.keys is not None:
+                chunk.truncated = self.truncation.count(chunk)
             self.timers["read"] += time.perf_counter() - t
             yield chunk
+
+    def overflows(self, texts: list[str]) -> list[bool]:
+        """Whether each text is longer than --max-length tokens (it is truncated)."""
+        clipped = [clip_text(text, self.embedder) for text in texts]
+        return [bool(e.overflowing) for e in self.embedder.tokenizer.encode_batch(clipped)]
 
 
 CHARS_PER_TOKEN_GUESS = 16  # a prefix this many chars per token long almost always overflows

@@ -28,11 +28,16 @@ def write_directory(run: Run) -> JobResult:
         metadata_schema=metadata_schema(cfg, run.plan.schema),
         log=run.log,
     )
-    session.acquire()  # nothing in OUTPUT is read or changed before this
     try:
-        return _write(run, session)
-    finally:
-        session.release()
+        session.acquire()  # nothing in OUTPUT is read or changed before this
+        try:
+            return _write(run, session)
+        finally:
+            session.release()
+    except OSError as exc:
+        # cli.errors offers "finished shards are kept ... --resume" only when there are some
+        exc.finished_shards = len(session.shards)  # type: ignore[attr-defined]
+        raise
 
 
 def _write(run: Run, session: OutputSession) -> JobResult:
@@ -57,7 +62,7 @@ def _write(run: Run, session: OutputSession) -> JobResult:
     run.result.resumed_rows = run.result.rows
     if point.complete:
         run.log(f"{session.root} is already complete; nothing to do")
-        return run.finish()
+        return run.finish_unchanged()
     if point.resumed:
         run.log(f"resuming after {len(point.finished_shards)} finished shard(s), {point.first_row} rows")
     return _run_to_end(run, session, point.first_row, max(point.first_record, stages.record_start))
@@ -135,7 +140,7 @@ def _start_append(run: Run, session: OutputSession) -> JobResult | bool:
     run.result.resumed_rows = run.result.rows
     if point.complete:
         run.log(plan.note or f"{session.root} already holds every input; nothing to append")
-        return run.finish()
+        return run.finish_unchanged()
     run.log(
         f"appending {len(plan.embed)} input(s) ({len(plan.new)} new, {len(plan.changed)} changed) "
         f"after {len(point.finished_shards)} shard(s)"
