@@ -7,6 +7,7 @@ import glob
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import InputError
 from ..storage import is_remote, storage_for
@@ -22,6 +23,7 @@ EXTENSIONS = {
     ".txt": "txt",
 }
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}
+TSV_QUOTING = ("csv", "none")
 MANIFEST_NAME = re.compile(r"^manifest(-\d+-of-\d+)?\.json$")
 
 Log = Callable[[str], None]
@@ -46,13 +48,15 @@ def resolve_inputs(
     input_format: str | None = None,
     exclude: list[str] | None = None,
     log: Log | None = None,
+    tsv_quoting: str = "csv",
 ) -> list[InputFile]:
     """Expand files, globs and directories into a sorted, de-duplicated list of inputs.
 
     A path that exists is taken literally, before any glob expansion. Inside a directory
     or a glob, the paths in ``exclude`` (the run's OUTPUT) and every folder that holds a
     minilm manifest are never inputs; each file passed over is told to ``log``, one line
-    each (hidden files are passed over silently)."""
+    each (hidden files are passed over silently). ``tsv_quoting``: ``csv`` (quotes quote, as
+    in CSV) or ``none`` (quotes are text) for the TSV inputs."""
     if isinstance(patterns, str):
         patterns = [patterns]
     if not patterns:
@@ -64,7 +68,10 @@ def resolve_inputs(
     paths: list[str] = []
     for pattern in patterns:
         paths.extend(_expand(pattern, input_format, fence, tell))
-    return [_describe(p, input_format) for p in dict.fromkeys(paths)]
+    if tsv_quoting not in TSV_QUOTING:
+        raise InputError(f"tsv_quoting {tsv_quoting!r}: use one of {', '.join(TSV_QUOTING)}")
+    quoting = tsv_quoting == "csv"
+    return [replace(_describe(p, input_format), quoting=quoting) for p in dict.fromkeys(paths)]
 
 
 class _Fence:

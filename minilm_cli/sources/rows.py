@@ -28,6 +28,14 @@ class InputFile:
     mtime_ns: int | None = None
     #: The store's version tag (``etag:...``) for object-store inputs; None for local files.
     etag: str | None = None
+    #: TSV only: quotes are quoting, as in CSV (``--tsv-quoting csv``, the default), or text.
+    #: A job setting, not part of the fingerprint.
+    quoting: bool = True
+
+    @property
+    def quoted(self) -> bool:
+        """Do quotes quote (CSV always; TSV unless --tsv-quoting none)?"""
+        return self.format == "csv" or (self.format == "tsv" and self.quoting)
 
     @property
     def is_stdin(self) -> bool:
