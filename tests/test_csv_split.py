@@ -164,15 +164,21 @@ def _records(path, split: Split | None = None) -> list[tuple[str, int]]:
     return [(t, n) for raw in blocks for t, n in zip(raw.texts, raw.locations)]
 
 
-def test_every_cut_point_tiles_the_records(tmp_path):
+SMALL = {
+    "cells": b'\xef\xbb\xbfid,text\r\n1,"a\r\nb"\r\n\r\n2,"say ""hi""\nthere"\n3,x"y\r4,"q,""\n"\n5,"",\n6,last',
+    # row 2 opens a quote it never closes: the rest of the file is its cell
+    "unterminated": b'id,text\n1,one\n2,"open\n3,three\n4,four\n',
+}
+
+
+@pytest.mark.parametrize("name,rows", [("cells", [1, 2, 3, 4, 6]), ("unterminated", [1, 2])])
+def test_every_cut_point_tiles_the_records(name, rows, tmp_path):
     """Two byte ranges cut at every byte (inside quoted cells, between \\r and \\n, inside a
     doubled quote) read exactly the whole file's records with its row numbers."""
     path = tmp_path / "small.csv"
-    path.write_bytes(
-        b'\xef\xbb\xbfid,text\r\n1,"a\r\nb"\r\n\r\n2,"say ""hi""\nthere"\n3,x"y\r4,"q,""\n"\n5,"",\n6,last'
-    )
+    path.write_bytes(SMALL[name])
     whole = _records(path)
-    assert [n for _, n in whole] == [1, 2, 3, 4, 6]  # row 5 has 3 fields: a reject, still row 5
+    assert [n for _, n in whole] == rows  # "cells": row 5 has 3 fields, a reject, still row 5
     size = path.stat().st_size
     for cut in range(size + 1):
         parts = [Split(None, "bytes", 0, cut, size), Split(None, "bytes", cut, size, size)]  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from .blocks import BlockBuilder
 from .rows import Columns, InputFile, RawRows, one_line
 from .values import text_value
@@ -105,13 +105,13 @@ def check_header(f: InputFile, header: list[str], columns: Columns) -> dict[str,
     index: dict[str, int] = {}
     for i, name in enumerate(header):
         if name in index:
-            raise InputError(f"{f.path}: column {name!r} appears twice in the header")
+            raise InputError(f"{f.path}: column '{shown(name)}' appears twice in the header")
         index[name] = i
     roles = [(columns.text, "text")] + ([(columns.id, "id")] if columns.id else [])
     for name, role in roles + [(k, "kept") for k in columns.keep]:
         if name not in index:
-            shown = ", ".join(header) if header else "(none)"
-            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {shown}")
+            listed = shown(", ".join(header), 120) if header else "(none)"
+            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {listed}")
     return index
 
 

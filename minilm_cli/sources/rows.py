@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 
@@ -160,4 +160,5 @@ def input_errors(f: InputFile) -> Iterator[None]:
 
 
 def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """An exception's message for an error line: one line, cut and escaped (it may quote data)."""
+    return shown(" ".join(str(exc).split()), 160) or type(exc).__name__
