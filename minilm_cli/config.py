@@ -16,6 +16,7 @@ class EmbedConfig:
     inputs: list[str]
     output: str
     input_format: str | None = None
+    tsv_quoting: str = "csv"  # TSV quotes as in CSV (as pyarrow, pandas, Polars write them), or "none"
     text_column: str = "text"
     id_column: str | None = None
     keep_columns: tuple[str, ...] = ()

@@ -5,6 +5,22 @@ from __future__ import annotations
 import enum
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """Data quoted into an error line (a header, a value, a parser's message about them): every
+    character that is not printable as an escape (``\\x00``, ``\\udcff``), and at most ``limit``
+    characters, cut with an ellipsis, so that a binary file read as text stays one short line."""
+    out: list[str] = []
+    used = 0
+    for ch in str(value):
+        piece = ch if ch.isprintable() else repr(ch)[1:-1]
+        if used + len(piece) > limit:
+            out.append("…")
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
+
+
 class ExitCode(enum.IntEnum):
     """Exit codes, documented in the README; scripts may rely on them."""
 

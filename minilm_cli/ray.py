@@ -110,7 +110,7 @@ def embed_dataset(
 def read_inputs(cfg: EmbedConfig) -> Any:
     """One Ray Dataset over the inputs, in input order."""
     ray = _ray()
-    files = resolve_inputs(cfg.inputs, cfg.input_format)
+    files = resolve_inputs(cfg.inputs, cfg.input_format, tsv_quoting=cfg.tsv_quoting)
     formats = {f.format for f in files}
     if "-" in cfg.inputs or len(formats) != 1:
         raise InputError("--engine ray reads files of one format (not stdin); run one job per format")
@@ -136,7 +136,7 @@ def read_inputs(cfg: EmbedConfig) -> Any:
 
 def _read_delimited(ray: Any, files: list[InputFile], fmt: str, paths: list[str], where: dict) -> Any:
     """CSV/TSV values as the text written, as the local engine reads them: every column a
-    string (nothing inferred), and TSV without quote processing."""
+    string (nothing inferred), and TSV quoted as CSV unless --tsv-quoting none."""
     import pyarrow.csv as pa_csv
 
     from .sources.delimited import read_header
@@ -145,7 +145,7 @@ def _read_delimited(ray: Any, files: list[InputFile], fmt: str, paths: list[str]
     with open_binary(files[0]) as stream:
         names = read_header(files[0], stream)
     parse = pa_csv.ParseOptions(
-        delimiter="\t" if fmt == "tsv" else ",", quote_char=False if fmt == "tsv" else '"'
+        delimiter="\t" if fmt == "tsv" else ",", quote_char='"' if files[0].quoted else False
     )
     convert = pa_csv.ConvertOptions(
         column_types={name: pa.string() for name in names}, strings_can_be_null=False

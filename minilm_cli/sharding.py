@@ -3,7 +3,8 @@
 The inputs, in order, are laid end to end by weight (bytes; uncompressed row-group bytes
 for Parquet) and cut into N equal stretches. Worker I reads the splits in stretch I:
 byte ranges of uncompressed CSV/TSV/JSONL/text (a record belongs to the range holding its
-first byte), whole Parquet row groups, and whole compressed files (they cannot be cut
+first byte; for CSV/TSV, whose quoted cells may hold newlines, sources/boundaries.py finds
+the record starts), whole Parquet row groups, and whole compressed files (they cannot be cut
 without decompressing), each given to the stretch where it starts.
 
 Default ids are row numbers over all inputs, so worker I first counts the records before
@@ -127,7 +128,7 @@ def _merge_row_groups(splits: list[Split]) -> list[Split]:
 def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -> int:
     """Records in these splits, as the reader numbers them (read, not embedded)."""
     total = 0
-    for split in splits:
+    for split in _joined(splits):
         if split.file.format == "parquet" and split.kind == "row_groups":
             with open_parquet(split.file) as pf:
                 meta = pf.metadata
@@ -136,6 +137,19 @@ def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -
         for raw in read_file(split.file, columns, 65536, encoding_errors, split):
             total += len(raw)
     return total
+
+
+def _joined(splits: list[Split]) -> list[Split]:
+    """Adjacent byte ranges of one file as one: the records of a CSV range are found by
+    scanning from the file's start (sources/boundaries.py), so one range costs one scan."""
+    joined: list[Split] = []
+    for s in splits:
+        last = joined[-1] if joined else None
+        if last and s.kind == last.kind == "bytes" and s.file == last.file and s.start == last.end:
+            joined[-1] = Split(s.file, "bytes", last.start, s.end, s.extent)
+        else:
+            joined.append(s)
+    return joined
 
 
 def coverage_problems(parts: list[dict]) -> list[str]:

@@ -167,11 +167,17 @@ def test_csv_repeated_header_is_one_line(tmp_path, tiny_model_dir):
     assert "column 'a' appears twice" in one_error_line(result)
 
 
-def test_tsv_has_no_quote_processing(tmp_path, embedder):
+def test_tsv_quote_processing_is_csv_unless_none(tmp_path, embedder):
+    """Default (issue 20): a quote at a field start opens a quoted field, as in CSV; a quote
+    later in a field is text. --tsv-quoting none: every quote is text."""
     src = tmp_path / "in.tsv"
     src.write_text('id\ttext\n2\t"Quoted" at start and "more"\n3\ta "b\n', encoding="utf-8")
     out, _ = job(tmp_path, embedder, [src], id_column="id", keep_columns=("text",))
-    assert output(out).column("text").to_pylist() == ['"Quoted" at start and "more"', 'a "b']
+    assert output(out).column("text").to_pylist() == ['Quoted at start and "more"', 'a "b']
+    kept, _ = job(
+        tmp_path, embedder, [src], out="kept", id_column="id", keep_columns=("text",), tsv_quoting="none"
+    )
+    assert output(kept).column("text").to_pylist() == ['"Quoted" at start and "more"', 'a "b']
 
 
 def test_csv_follows_rfc_4180(tmp_path, embedder):

@@ -157,9 +157,10 @@ def test_glob_and_prefix_inputs_expand_remotely_sorted(s3_server, tiny_model_dir
     assert doc["totals"]["rows"] == 30
 
 
-def test_num_shards_parts_into_one_s3_output_then_merge(s3_server, s3_inputs, tiny_model_dir, tmp_path):
-    url, local = s3_inputs["glosses.jsonl"]
-    out = f"s3://{s3_server.bucket}/parts"
+@pytest.mark.parametrize("name", ["glosses.jsonl", "glosses.csv"])  # a CSV range finds its record starts
+def test_num_shards_parts_into_one_s3_output_then_merge(name, s3_server, s3_inputs, tiny_model_dir, tmp_path):
+    url, local = s3_inputs[name]
+    out = f"s3://{s3_server.bucket}/parts-{name.replace('.', '-')}"
     for index in (0, 1):
         args = ["embed", url, "-o", out, "--num-shards", "2", "--shard-index", str(index)]
         result = cli([*args, *embed_args(tiny_model_dir)])

@@ -81,6 +81,7 @@ def config_from_options(inputs: tuple[str, ...], output: str, opts: dict[str, An
         inputs=list(inputs),
         output=output,
         input_format=opts["input_format"],
+        tsv_quoting=opts["tsv_quoting"],
         text_column=opts["text_column"],
         id_column=opts["id_column"],
         keep_columns=split_columns(opts["keep_columns"]),

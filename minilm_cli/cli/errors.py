@@ -14,15 +14,14 @@ import click
 
 from ..errors import ExitCode, Interrupted, MinilmError
 
-# Everything str.splitlines() breaks on: a message must stay one line whatever a path, a
-# column name or a CSV header holds, so these are written as escapes (\n, \r, \x85, ...).
-_LINE_BREAKS = {
-    c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)
-}
-
 
 def one_line(message: str) -> str:
-    return message.translate(_LINE_BREAKS)
+    """A message must stay one printable line whatever a path, a column name or a CSV header
+    holds: everything not printable (line breaks \\n, \\x85, \\u2028 ..., control characters,
+    undecodable bytes) is written as its escape. The data in it is already cut (errors.shown)."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def fail(message: str, code: int) -> None:

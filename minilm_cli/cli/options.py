@@ -95,6 +95,15 @@ _EMBED_OPTIONS = [
         "optionally .gz .bz2 .zst .xz); stdin is read as jsonl if it starts with '{', else as txt.",
     ),
     click.option(
+        "--tsv-quoting",
+        type=click.Choice(["csv", "none"]),
+        default="csv",
+        show_default=True,
+        help='TSV quotes: csv reads a field that starts with " as quoted (doubled "" inside, tabs '
+        "and newlines allowed), as pyarrow, pandas, Polars and DuckDB write and read TSV; none "
+        "keeps every quote as text (a tab separates fields, a line ends a row).",
+    ),
+    click.option(
         "--text-column", default="text", show_default=True, help="Column (or JSON field) holding the text."
     ),
     click.option(

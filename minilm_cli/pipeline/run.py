@@ -76,7 +76,9 @@ def plan_run(cfg: EmbedConfig, log: Callable[[str], None] | None = None) -> Plan
     OUTPUT is touched, so bad input fails fast and leaves OUTPUT as it was)."""
     check_config(cfg)
     exclude = [] if cfg.to_stdout else [cfg.output]  # a rerun never reads its own output
-    files = resolve_inputs(cfg.inputs, cfg.input_format, exclude=exclude, log=log)
+    files = resolve_inputs(
+        cfg.inputs, cfg.input_format, exclude=exclude, log=log, tsv_quoting=cfg.tsv_quoting
+    )
     columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
     schema = resolve_schema(files, columns, cfg.column_types or None)
     check_inputs(files, columns, schema, cfg.encoding_errors)

@@ -27,8 +27,14 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
     )
 
 
-def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | None = None) -> dict[str, Any]:
-    """Everything that decides the bytes of the output; --resume requires it unchanged."""
+def run_settings(
+    cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | None = None, reads_tsv: bool = False
+) -> dict[str, Any]:
+    """Everything that decides the bytes of the output; --resume requires it unchanged.
+
+    ``tsv_quoting`` is recorded only where it changes what is read (a TSV input, quotes
+    quoting): a manifest without it (written before the flag, or without TSV quoting) ran
+    with quotes as text, and is compared as such."""
     model = embedder.source
     settings = {
         "model": {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256},
@@ -56,9 +62,15 @@ def run_settings(cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | Non
             "shard_index": cfg.shard_index,
         },
     }
+    if reads_tsv and cfg.tsv_quoting != "none":
+        settings["tsv_quoting"] = cfg.tsv_quoting
     if columns is not None:
         settings["columns"] = columns
     return settings
+
+
+def reads_tsv(files: list) -> bool:
+    return any(f.format == "tsv" for f in files)
 
 
 def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | None:

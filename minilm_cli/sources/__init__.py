@@ -5,7 +5,8 @@ is why".
     discovery   resolve_inputs, split_extension: files, globs, directories, stdin
     schema      resolve_schema, parse_column_types, schema_to_json: one schema per job
     read        read_file: dispatch to one reader per format
-    delimited   CSV (RFC 4180) and TSV (no quoting), every value text
+    delimited   CSV (RFC 4180) and TSV (quoted the same way, or not: --tsv-quoting), every value text
+    boundaries  where CSV/TSV records start in bytes (quote-aware), for byte ranges
     jsonl       JSON lines, typed by the schema
     parquet     Parquet row groups, types passed through
     txt         one text per line

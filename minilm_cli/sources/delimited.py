@@ -1,6 +1,7 @@
 """CSV (RFC 4180: quoted fields may hold commas, doubled quotes and newlines; a stray quote
-inside a quoted field is kept as text, as pyarrow, pandas and Excel read it) and TSV (no
-quoting at all: a tab separates fields, a line ends a record, quotes are text) as text.
+inside a quoted field is kept as text, as pyarrow, pandas and Excel read it) and TSV (quoted
+the same way, as pyarrow, pandas, Polars and DuckDB write and read it; under
+``--tsv-quoting none`` a tab separates fields, a line ends a record and quotes are text).
 
 Every value is text, exactly as written: nothing is inferred. Bytes that are not UTF-8 are
 carried as surrogate escapes and become a bad row (or U+FFFD under --encoding-errors
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from .blocks import BlockBuilder
 from .rows import Columns, InputFile, RawRows, one_line
 from .values import text_value
@@ -61,25 +62,22 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("ascii")
 
 
-def text_stream(stream: IO[bytes], encoding_errors: str) -> io.TextIOWrapper:
+def text_stream(stream: IO[bytes], encoding_errors: str, sig: bool = True) -> io.TextIOWrapper:
+    """``sig``: the stream starts the file, where a UTF-8 byte order mark is no text."""
     errors = "replace" if encoding_errors == "replace" else "surrogateescape"
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline="")  # type: ignore[arg-type]
+    encoding = "utf-8-sig" if sig else "utf-8"
+    return io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="")  # type: ignore[arg-type]
 
 
-def _records(f: InputFile, tap: _Tap, per_line: bool) -> Iterator[list[str] | Exception]:
-    """Each record's fields, or the parse error in its place (the line is then a reject)."""
-    if f.format == "tsv":
+def _records(f: InputFile, tap: _Tap) -> Iterator[list[str] | Exception]:
+    """Each record's fields ([] for a blank line), or the parse error in its place (the line
+    is then a reject). sources/boundaries.py finds the same record starts in bytes."""
+    if not f.quoted:  # TSV under --tsv-quoting none: a tab separates, a line ends a record
         for line in tap:
-            yield line.rstrip("\r\n").split("\t")
+            line = line.rstrip("\r\n")
+            yield line.split("\t") if line else []
         return
-    if per_line:  # a byte range: a quoted newline cannot be told from a record boundary
-        for line in tap:
-            try:
-                yield next(csv.reader([line]), [])
-            except csv.Error as exc:
-                yield exc
-        return
-    reader = csv.reader(tap)
+    reader = csv.reader(tap, delimiter="\t" if f.format == "tsv" else ",")
     while True:
         try:
             yield from reader
@@ -92,7 +90,7 @@ def read_header(f: InputFile, stream: IO[bytes]) -> list[str]:
     """The first record of a CSV/TSV stream: its column names."""
     text = text_stream(stream, "replace")
     try:
-        for record in _records(f, _Tap(text), per_line=False):
+        for record in _records(f, _Tap(text)):
             if isinstance(record, Exception):
                 raise InputError(f"{f.path}: cannot read the header: {one_line(record)}")
             if record:
@@ -107,13 +105,13 @@ def check_header(f: InputFile, header: list[str], columns: Columns) -> dict[str,
     index: dict[str, int] = {}
     for i, name in enumerate(header):
         if name in index:
-            raise InputError(f"{f.path}: column {name!r} appears twice in the header")
+            raise InputError(f"{f.path}: column '{shown(name)}' appears twice in the header")
         index[name] = i
     roles = [(columns.text, "text")] + ([(columns.id, "id")] if columns.id else [])
     for name, role in roles + [(k, "kept") for k in columns.keep]:
         if name not in index:
-            shown = ", ".join(header) if header else "(none)"
-            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {shown}")
+            listed = shown(", ".join(header), 120) if header else "(none)"
+            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {listed}")
     return index
 
 
@@ -126,16 +124,13 @@ def read_delimited(
     encoding_errors: str,
     first_row: int = 0,
     header: list[str] | None = None,
-    per_line: bool = False,
 ) -> Iterator[RawRows]:
     """RawRows of at most ``block_rows`` records. ``header`` is given for a byte range that
-    does not start the file (its rows are numbered from ``first_row``); inside a byte range
-    (``per_line``) every line is parsed on its own."""
-    text = text_stream(stream, encoding_errors)
+    does not start the file: it starts on a record (sources/boundaries.py), and its rows are
+    numbered from ``first_row``."""
+    text = text_stream(stream, encoding_errors, sig=header is None)
     try:
-        yield from _read_records(
-            f, text, columns, schema, block_rows, encoding_errors, first_row, header, per_line
-        )
+        yield from _read_records(f, text, columns, schema, block_rows, encoding_errors, first_row, header)
     finally:
         text.detach()  # the caller owns (and closes) the byte stream: stdin stays open
 
@@ -149,10 +144,9 @@ def _read_records(
     encoding_errors: str,
     first_row: int,
     header: list[str] | None,
-    per_line: bool,
 ) -> Iterator[RawRows]:
     tap = _Tap(text)
-    records = _records(f, tap, per_line)
+    records = _records(f, tap)
     if header is None:
         first = next(records, [])
         if isinstance(first, Exception):
@@ -171,7 +165,7 @@ def _read_records(
     block = BlockBuilder(f, columns, schema, encoding_errors, text_value, extract, keep_raw=False)
     text_at, width, row = index[columns.text], len(header), first_row
     for record in records:
-        if not record or (f.format == "tsv" and record == [""]):
+        if not record:
             tap.skip()
             continue  # a blank line is no record
         row += 1

@@ -7,6 +7,7 @@ import glob
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import InputError
 from ..storage import input_key, is_remote, normalize_url, storage_for
@@ -22,6 +23,7 @@ EXTENSIONS = {
     ".txt": "txt",
 }
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}
+TSV_QUOTING = ("csv", "none")
 MANIFEST_NAME = re.compile(r"^manifest(-\d+-of-\d+)?\.json$")
 
 Log = Callable[[str], None]
@@ -46,6 +48,7 @@ def resolve_inputs(
     input_format: str | None = None,
     exclude: list[str] | None = None,
     log: Log | None = None,
+    tsv_quoting: str = "csv",
 ) -> list[InputFile]:
     """Expand files, globs and directories into a list of inputs, each file once.
 
@@ -54,7 +57,9 @@ def resolve_inputs(
     minilm manifest, hidden folders and files, and files of no supported format are never
     inputs; each is told to ``log``, one line per file or whole folder passed over. A file
     named again under any spelling (``x.csv ./x.csv``, a glob and a name, a symlink and
-    its target: the same ``input_key``) is read once, at its first place, with one note."""
+    its target: the same ``input_key``) is read once, at its first place, with one note.
+    ``tsv_quoting``: ``csv`` (quotes quote, as in CSV) or ``none`` (quotes are text) for the
+    TSV inputs."""
     if isinstance(patterns, str):
         patterns = [patterns]
     if not patterns:
@@ -77,7 +82,10 @@ def resolve_inputs(
             once.add(path, given if paths == [pattern] else path)
     for note in once.notes():
         tell(note)
-    return [_describe(p, input_format) for p in once.paths]
+    if tsv_quoting not in TSV_QUOTING:
+        raise InputError(f"tsv_quoting {tsv_quoting!r}: use one of {', '.join(TSV_QUOTING)}")
+    quoting = tsv_quoting == "csv"
+    return [replace(_describe(p, input_format), quoting=quoting) for p in once.paths]
 
 
 class _Once:

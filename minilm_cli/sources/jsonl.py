@@ -8,7 +8,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from .blocks import BlockBuilder
 from .rows import Columns, InputFile, RawRows
 from .streams import iter_lines
@@ -55,8 +55,8 @@ def read_jsonl(
         if not checked:
             # Only the text column is required up front; ids and kept fields may be absent (null).
             if columns.text not in obj:
-                shown = ", ".join(obj) if obj else "(none)"
-                raise InputError(f"text column '{columns.text}' not found in {f.path}; columns are: {shown}")
+                listed = shown(", ".join(obj), 120) if obj else "(none)"
+                raise InputError(f"text column '{columns.text}' not found in {f.path}; columns are: {listed}")
             checked = True
         block.add(obj.get(columns.text), number, line.decode("utf-8", "replace"), obj)
         if len(block) >= block_rows:

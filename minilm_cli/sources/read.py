@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from ..errors import InputError
+from .boundaries import record_starts
 from .delimited import read_delimited, read_header
 from .jsonl import read_jsonl
 from .parquet import read_parquet
@@ -64,28 +65,45 @@ def _read_stream(
 def _read_byte_range(
     f: InputFile, columns: Columns, schema: pa.Schema, block_rows: int, encoding_errors: str, split: Split
 ) -> Iterator[RawRows]:
-    stream = ByteRange(f.path, split.start, split.end)
+    if f.format in ("csv", "tsv"):
+        yield from _read_record_range(f, columns, schema, block_rows, encoding_errors, split)
+        return
+    stream = ByteRange(f.path, split.start, split.end)  # one line is one record
     try:
         first_line = stream.lines_before()
-        if f.format in ("csv", "tsv"):
-            header = None
-            if stream.begin > 0:
-                with open_binary(f) as whole:
-                    header = read_header(f, whole)
-            yield from read_delimited(
-                f,
-                stream,  # type: ignore[arg-type]
-                columns,
-                schema,
-                block_rows,
-                encoding_errors,
-                first_row=max(first_line - 1, 0),
-                header=header,
-                per_line=True,
-            )
-        elif f.format == "jsonl":
+        if f.format == "jsonl":
             yield from read_jsonl(f, stream, columns, schema, block_rows, encoding_errors, first_line)  # type: ignore[arg-type]
         else:
             yield from read_txt(f, stream, block_rows, first_line)  # type: ignore[arg-type]
+    finally:
+        stream.close()
+
+
+def _read_record_range(
+    f: InputFile, columns: Columns, schema: pa.Schema, block_rows: int, encoding_errors: str, split: Split
+) -> Iterator[RawRows]:
+    """The CSV/TSV records whose first byte lies in the split: a quoted cell may hold a newline,
+    so the record starts are found by scanning from the file's start, as every part does."""
+    delimiter = "\t" if f.format == "tsv" else ","
+    size = split.extent or (f.size or 0)
+    first, after = record_starts(f.path, [split.start, split.end], delimiter, f.quoted, size)
+    if first.offset >= after.offset:
+        return  # no record starts in this range: a long one that started before it holds it
+    header = None
+    if first.offset > 0:
+        with open_binary(f) as whole:
+            header = read_header(f, whole)
+    stream = ByteRange(f.path, first.offset, after.offset, lines=False)
+    try:
+        yield from read_delimited(
+            f,
+            stream,  # type: ignore[arg-type]
+            columns,
+            schema,
+            block_rows,
+            encoding_errors,
+            first_row=max(first.rows_before - 1, 0),  # the header is no row
+            header=header,
+        )
     finally:
         stream.close()

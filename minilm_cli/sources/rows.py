@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 
@@ -28,6 +28,14 @@ class InputFile:
     mtime_ns: int | None = None
     #: The store's version tag (``etag:...``) for object-store inputs; None for local files.
     etag: str | None = None
+    #: TSV only: quotes are quoting, as in CSV (``--tsv-quoting csv``, the default), or text.
+    #: A job setting, not part of the fingerprint.
+    quoting: bool = True
+
+    @property
+    def quoted(self) -> bool:
+        """Do quotes quote (CSV always; TSV unless --tsv-quoting none)?"""
+        return self.format == "csv" or (self.format == "tsv" and self.quoting)
 
     @property
     def is_stdin(self) -> bool:
@@ -157,4 +165,5 @@ def input_errors(f: InputFile) -> Iterator[None]:
 
 
 def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """An exception's message for an error line: one line, cut and escaped (it may quote data)."""
+    return shown(" ".join(str(exc).split()), 160) or type(exc).__name__

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, shown
 from .jsonl import parse_json_object
 from .parquet import open_parquet, string_like
 from .rows import Columns, InputFile, input_errors
@@ -119,8 +119,8 @@ def _parquet_fields(f: InputFile, columns: Columns, column_types: dict[str, str]
             fields.append(arrow.field(name))
         else:
             role = "id" if name == columns.id else "kept"
-            shown = ", ".join(arrow.names)
-            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {shown}")
+            listed = shown(", ".join(arrow.names), 120)
+            raise InputError(f"{role} column '{name}' not found in {f.path}; columns are: {listed}")
     return fields
 
 
@@ -177,10 +177,10 @@ def _jsonl_fields(files: list[InputFile], columns: Columns, column_types: dict[s
             continue
         if name not in keys:
             role = "id" if name == columns.id else "kept"
-            shown = ", ".join(keys) or "(none)"
+            listed = shown(", ".join(keys), 120) or "(none)"
             raise InputError(
                 f"{role} column '{name}' not found in the first records of {files[0].path}; "
-                f"keys seen: {shown}"
+                f"keys seen: {listed}"
             )
         fields.append(_declared(name, _json_rule(kinds[name])))
     return fields

@@ -60,16 +60,19 @@ def peek_stdin(limit: int = 65536) -> bytes:
 
 
 class ByteRange(io.RawIOBase):
-    """The lines of a file whose first byte lies in [start, end), as a readable stream."""
+    """The lines of a file whose first byte lies in [start, end), as a readable stream; with
+    ``lines=False``, exactly the bytes [start, end) (the caller found the record starts)."""
 
-    def __init__(self, path: str, start: int, end: int) -> None:
+    def __init__(self, path: str, start: int, end: int, lines: bool = True) -> None:
         self.path = path
         self.fh = storage_for(path).open_read(path)
         if start > 0:
-            self.fh.seek(start - 1)
-            self.fh.readline()  # on to the first line that starts at or after ``start``
+            self.fh.seek(start - 1 if lines else start)
+            if lines:
+                self.fh.readline()  # on to the first line that starts at or after ``start``
         self.begin = self.fh.tell()
         self.end = end
+        self.lines = lines
         self.done = False
 
     def lines_before(self) -> int:
@@ -93,7 +96,7 @@ class ByteRange(io.RawIOBase):
         want = self.end - position if size is None or size < 0 else min(size, self.end - position)
         data = self.fh.read(want)
         if self.fh.tell() >= self.end or not data:
-            if data and not data.endswith(b"\n"):
+            if self.lines and data and not data.endswith(b"\n"):
                 data += self.fh.readline()  # the last line started inside the range: finish it
             self.done = True
         return data
