@@ -17,11 +17,11 @@ def split_columns(value: str | None) -> tuple[str, ...]:
 
 
 def check_keep_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    seen: set[str] = set()
-    for name in split_columns(value):
-        if name in seen:
-            raise click.BadParameter(f"'{name}' is listed twice", ctx, param)
-        seen.add(name)
+    from ..config import kept_problem
+
+    problem = kept_problem(split_columns(value))
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
     return value
 
 
@@ -105,7 +105,9 @@ _EMBED_OPTIONS = [
         "--keep-columns",
         metavar="A,B",
         callback=check_keep_columns,
-        help="Comma-separated columns copied through to the output.",
+        help="Comma-separated columns copied through to the output. NAME:NEWNAME keeps one under another "
+        "name (e.g. id:source_id: the output's own columns id and embedding are taken). The --id-column "
+        "may be kept too (the same values as id).",
     ),
     click.option(
         "--column-type",

@@ -26,7 +26,7 @@ from ..sources.parquet import open_parquet
 from ..storage import storage_for
 from .engine import Engine, LocalEngine
 from .result import JobResult
-from .settings import build_embedder, check_config, check_windows
+from .settings import build_embedder, check_config, check_windows, job_columns
 from .stages import Stages
 from .threads import Consumer, SignalGuard
 
@@ -69,7 +69,7 @@ class Plan:
         """Default ids number rows over all inputs: count what the parts before this one hold."""
         if not self.earlier:
             return 0
-        columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+        columns = job_columns(cfg)
         return count_records(self.earlier, columns, cfg.encoding_errors)
 
 
@@ -79,7 +79,7 @@ def plan_run(cfg: EmbedConfig, log: Callable[[str], None] | None = None) -> Plan
     check_config(cfg)
     exclude = [] if cfg.to_stdout else [cfg.output]  # a rerun never reads its own output
     files = resolve_inputs(cfg.inputs, cfg.input_format, exclude=exclude, log=log)
-    columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+    columns = job_columns(cfg)
     schema = resolve_schema(files, columns, cfg.column_types or None)
     check_inputs(files, columns, schema, cfg.encoding_errors)
     plan = plan_splits(files, cfg.num_shards)

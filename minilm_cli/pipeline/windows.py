@@ -30,7 +30,6 @@ from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
 
-WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
 TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
 PIECE_TOKENS = 16  # a piece of text is about this many --max-length's worth of characters / 16
 SPACES = " \n\t\r"  # cut points every BERT-style pre-tokenizer splits at (no control characters)

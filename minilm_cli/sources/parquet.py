@@ -97,7 +97,7 @@ def _rows(
     typed = {}
     for name in columns.typed:
         typed[name] = _conform(f, name, batch.column(name), schema.field(name).type, errors, row_errors)
-    keep = pa.table({k: typed[k] for k in columns.keep}) if columns.keep else None
+    keep = columns.keep_table(typed)
     return RawRows(
         f,
         as_bytes(batch.column(columns.text)),

@@ -57,6 +57,21 @@ class Columns:
     text: str = "text"
     id: str | None = None
     keep: tuple[str, ...] = ()
+    #: The kept columns' names in the output, parallel to ``keep`` (``--keep-columns a:b``);
+    #: empty when every one keeps its input name.
+    keep_as: tuple[str, ...] = ()
+
+    @property
+    def kept(self) -> list[tuple[str, str]]:
+        """(input name, output name) of each kept column."""
+        return list(zip(self.keep, self.keep_as or self.keep))
+
+    def keep_table(self, typed: dict[str, pa.Array]) -> pa.Table | None:
+        """The kept columns of a block, under their output names (an id column kept as
+        well is the same array twice: once as ``id``, once here)."""
+        if not self.keep:
+            return None
+        return pa.table({name: typed[source] for source, name in self.kept})
 
     @property
     def wanted(self) -> list[str]:
