@@ -92,7 +92,8 @@ _EMBED_OPTIONS = [
         "--input-format",
         type=click.Choice(["csv", "tsv", "jsonl", "parquet", "txt"]),
         help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson .json-lines .parquet .txt, "
-        "optionally .gz .bz2 .zst .xz); stdin is read as jsonl if it starts with '{', else as txt.",
+        "optionally .gz .bz2 .zst .xz); stdin is read as jsonl if it starts with '{' (after a BOM, "
+        "blank lines or indentation), else as txt, and the guess is noted on stderr.",
     ),
     click.option(
         "--text-column", default="text", show_default=True, help="Column (or JSON field) holding the text."
