@@ -267,8 +267,10 @@ def test_null_id_is_a_bad_row(tmp_path: Path, tiny_model_dir: str) -> None:
 def test_bad_row_from_stdin(tiny_model_dir: str) -> None:
     result = invoke(["embed", "-", "-o", "-", "--model", tiny_model_dir], input="alpha\n\ngamma\n")
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("minilm: error: bad row: -, line 2: empty text")
+    # the guessed format is noted first (it explains many a bad row), then the one error line
+    note, error = result.stderr.splitlines()
+    assert note == "minilm: note: stdin read as txt (guessed; --input-format to choose)"
+    assert error.startswith("minilm: error: bad row: -, line 2: empty text")
 
 
 def test_skip_sets_bad_rows_aside(tmp_path: Path, tiny_model_dir: str) -> None:
@@ -280,7 +282,7 @@ def test_skip_sets_bad_rows_aside(tmp_path: Path, tiny_model_dir: str) -> None:
     table = pq.read_table(out / "part-00000.parquet")
     assert table.column("id").to_pylist() == [0, 2]
     rejects = [json.loads(x) for x in (out / "rejects" / "part-00000.jsonl").read_text().splitlines()]
-    assert rejects == [{"source": str(src), "line": 2, "reason": "null text", "raw": '{"text": null}'}]
+    assert rejects == [{"id": 1, "source": str(src), "line": 2, "reason": "null text", "raw": '{"text": null}'}]
     assert json.loads((out / "manifest.json").read_text())["totals"]["rejected"] == 1
 
 
