@@ -117,6 +117,10 @@ class Reject:
     reason: str
     raw: str | None = None
     position: int = 0  # global record index it sits at: decides its shard, and resume skips
+    #: The id the row would have had, to join it back: the record number it takes (or, for a
+    #: line that is not even a record, would take once fixed) with default ids; the
+    #: --id-column's value as JSON allows (None where the id itself is missing or unreadable).
+    id: Any = None
 
     def describe(self) -> str:
         where = f"{self.location_kind} {self.location}" if self.location is not None else "?"
@@ -124,6 +128,7 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "source": self.source,
             self.location_kind: self.location,
             "reason": self.reason,
