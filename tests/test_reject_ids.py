@@ -130,3 +130,15 @@ def test_stdout_rejects_carry_the_id_too(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     records = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
     assert [(r["line"], r["id"]) for r in records] == [(4, 3), (7, 5), (11, 9)]
+
+
+@pytest.mark.parametrize("id_column", [None, "doc"])
+def test_overflow_reject_records_carry_the_id(id_column, tmp_path, embedder):
+    src = tmp_path / "in.jsonl"
+    texts = ["short one", "far too long " * 40, "short two"]  # 120 tokens: over the tiny model's 64
+    src.write_text(
+        "".join(json.dumps({"text": t, "tag": f"t{n}", "doc": f"d{n}"}) + "\n" for n, t in enumerate(texts))
+    )
+    _, rejects = embed(embedder, src, tmp_path / "out", 1, overflow="reject", id_column=id_column)
+    assert [(r["line"], r["id"]) for r in rejects] == [(2, "d1" if id_column else 1)]
+    assert "--overflow reject" in rejects[0]["reason"]
