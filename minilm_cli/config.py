@@ -19,7 +19,7 @@ def kept_column(spec: str) -> tuple[str, str]:
 
 
 def kept_problem(specs: tuple[str, ...] | list[str], overflow: str = "truncate") -> str | None:
-    """What is wrong with ``--keep-columns`` (the text after the flag's name), or None."""
+    """What is wrong with ``--keep-columns``, as the one line to show, or None."""
     taken = {name: "the output already has an '{}' column" for name in ("id", "embedding")}
     if overflow in ("split", "mean"):  # the window columns ride along with the kept ones
         taken.update({name: f"--overflow {overflow} adds a '{{}}' column" for name in WINDOW_COLUMNS})
@@ -28,18 +28,18 @@ def kept_problem(specs: tuple[str, ...] | list[str], overflow: str = "truncate")
     for spec in specs:
         source, name = kept_column(spec)
         if not source or not name:
-            return f"{spec!r}: expected NAME or NAME:NEWNAME"
+            return f"--keep-columns {spec!r}: expected NAME or NAME:NEWNAME"
         if source in sources:
-            return f"{source} is listed twice"
+            return f"--keep-columns: {source} is listed twice"
         sources.add(source)
         if name in taken:
             hint = " (or pass --id-column id to use it as the id)" if name == "id" == source else ""
             return (
-                f"{spec}: {taken[name].format(name)}; keep it under another name "
+                f"--keep-columns {spec}: {taken[name].format(name)}; keep it under another name "
                 f"with {source}:input_{name}{hint}"
             )
         if name in names:
-            return f"{names[name]} and {spec} would both be the output column '{name}'"
+            return f"--keep-columns {names[name]} and {spec} would both be the output column '{name}'"
         names[name] = spec
     return None
 

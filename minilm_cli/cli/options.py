@@ -16,15 +16,6 @@ def split_columns(value: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
 
 
-def check_keep_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from ..config import kept_problem
-
-    problem = kept_problem(split_columns(value))
-    if problem:
-        raise click.BadParameter(problem, ctx, param)
-    return value
-
-
 def at_most(limit: int) -> Callable:
     """A callback refusing numbers no run can mean (10**20 rows or threads) as a usage error,
     before they overflow somewhere deep inside as an 'unexpected' exit 1."""
@@ -105,7 +96,6 @@ _EMBED_OPTIONS = [
     click.option(
         "--keep-columns",
         metavar="A,B",
-        callback=check_keep_columns,
         help="Comma-separated columns copied through to the output. NAME:NEWNAME keeps one under another "
         "name (e.g. id:source_id: the output's own columns id and embedding are taken). The --id-column "
         "may be kept too (the same values as id).",

@@ -126,7 +126,7 @@ def check_config(cfg: EmbedConfig) -> None:
 def _check_columns(cfg: EmbedConfig) -> None:
     problem = kept_problem(cfg.keep_columns, cfg.overflow)
     if problem:
-        raise InputError(f"--keep-columns {problem}")
+        raise InputError(problem)
 
 
 def _check_overflow(cfg: EmbedConfig) -> None:

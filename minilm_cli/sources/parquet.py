@@ -121,8 +121,12 @@ def _conform(
         return array
     try:
         return array.cast(want)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"{f.path}: column '{name}' cannot be read as {want}: {exc}") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # in our words: pyarrow's cast message names its internals, not the user's column
+        raise InputError(
+            f"{f.path}: column '{name}' is {array.type} here and cannot be read as {want} (the job's "
+            "type, from the first input); convert the file or set --column-type"
+        ) from None
 
 
 def _repair_strings(name: str, array: pa.Array, errors: str, row_errors: list) -> pa.Array:
