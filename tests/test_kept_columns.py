@@ -157,3 +157,32 @@ def test_a_type_change_at_the_writer_is_told_in_our_words(tmp_path):
     message = str(caught.value)
     assert "column 'k' is string here, int64 in the job's schema" in message
     assert "Target schema" not in message and "Failed to parse" not in message
+
+
+def test_append_and_merge_refuse_another_rename(tmp_path, tiny_model_dir):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"text": "alpha", "k": 1}) + "\n")
+    b.write_text(json.dumps({"text": "beta", "k": 2}) + "\n")
+    out = tmp_path / "out"
+    args = ["embed", str(a), str(b), "-o", str(out)] + model_args(tiny_model_dir)
+    assert (
+        cli(
+            ["embed", str(a), "-o", str(out), "--keep-columns", "k:kk"] + model_args(tiny_model_dir)
+        ).exit_code
+        == 0
+    )
+    assert_one_line_error(
+        cli(args + ["--keep-columns", "k:other", "--append"]), 3, "keep_columns", "k:kk", "k:other"
+    )
+    assert cli(args + ["--keep-columns", "k:kk", "--append"]).exit_code == 0
+    parts = tmp_path / "parts"
+    for index in (0, 1):
+        flags = ["--keep-columns", f"k:k{index}", "--num-shards", "2", "--shard-index", str(index)]
+        assert (
+            cli(["embed", str(a), str(b), "-o", str(parts), *flags] + model_args(tiny_model_dir)).exit_code
+            == 0
+        )
+    merged = cli(["merge-manifests", str(parts)])
+    assert merged.exit_code == 4, merged.output
+    assert "keep_columns differs" in merged.output
+    assert not (parts / "manifest.json").exists()
