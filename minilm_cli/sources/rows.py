@@ -168,7 +168,21 @@ def input_errors(f: InputFile) -> Iterator[None]:
     except (EOFError, OSError, pa.ArrowException, UnicodeDecodeError, zlib.error, lzma.LZMAError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # disk-level faults are runtime failures, not bad input
-        raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
+        raise InputError(f"{f.path}: cannot read as {f.format}: {_read_failure(f, exc)}") from None
+
+
+def _read_failure(f: InputFile, exc: BaseException) -> str:
+    """Why ``f`` cannot be read, in our words first; the library's own words follow in
+    brackets as the detail (never as the explanation)."""
+    detail = one_line(exc)
+    if f.compression and isinstance(exc, EOFError):
+        return f"the {f.compression} stream ends early, a cut-short file? ({detail})"
+    codec = (zlib.error, lzma.LZMAError, OSError) + ((pa.ArrowException,) if f.compression == "zstd" else ())
+    if f.compression and isinstance(exc, codec):  # OSError: bz2's and gzip's bad data (errno None)
+        return f"not valid {f.compression} data ({detail})"
+    if f.format == "parquet" and isinstance(exc, pa.ArrowException):
+        return f"not a readable Parquet file ({detail})"
+    return detail
 
 
 def one_line(exc: BaseException) -> str:
