@@ -22,7 +22,8 @@ def kept_problem(specs: tuple[str, ...] | list[str], overflow: str = "truncate")
     """What is wrong with ``--keep-columns``, as the one line to show, or None."""
     taken = {name: "the output already has an '{}' column" for name in ("id", "embedding")}
     if overflow in ("split", "mean"):  # the window columns ride along with the kept ones
-        taken.update({name: f"--overflow {overflow} adds a '{{}}' column" for name in WINDOW_COLUMNS})
+        verb = "adds" if overflow == "split" else "uses"  # mean drops them again before writing
+        taken.update({name: f"--overflow {overflow} {verb} a '{{}}' column" for name in WINDOW_COLUMNS})
     sources: set[str] = set()
     names: dict[str, str] = {}  # output name -> the spec that takes it
     for spec in specs:

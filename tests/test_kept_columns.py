@@ -113,7 +113,7 @@ def test_stdout_keeps_id_column_and_renames(tmp_path, tiny_model_dir):
         ("k:", [], ["NAME:NEWNAME"]),
         ("k,k:k2", [], ["k is listed twice"]),
         ("k:window", ["--overflow", "split"], ["--overflow split adds a 'window' column"]),
-        ("tokens", ["--overflow", "mean"], ["--overflow mean adds a 'tokens' column", "tokens:input_tokens"]),
+        ("tokens", ["--overflow", "mean"], ["--overflow mean uses a 'tokens' column", "tokens:input_tokens"]),
     ],
 )
 def test_clashes_are_one_line_before_anything_runs(keep, extra, words, tmp_path, tiny_model_dir):
