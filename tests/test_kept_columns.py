@@ -186,3 +186,18 @@ def test_append_and_merge_refuse_another_rename(tmp_path, tiny_model_dir):
     assert merged.exit_code == 4, merged.output
     assert "keep_columns differs" in merged.output
     assert not (parts / "manifest.json").exists()
+
+
+def test_a_type_change_between_pieces_is_told_in_our_words():
+    from minilm_cli.batching import chunk_rows
+    from minilm_cli.sources import CheckedRows
+
+    def piece(first: int, ids: pa.Array) -> CheckedRows:
+        keep = pa.table({"k": pa.array(["a"])})
+        return CheckedRows(["t"], ids, keep, np.asarray([first]), [], first, 1)
+
+    pieces = [piece(0, pa.array([1], pa.int64())), piece(1, pa.array(["x"], pa.string()))]
+    with pytest.raises(InputError) as caught:
+        list(chunk_rows(pieces, chunk_size=8, shard_rows=8))
+    message = str(caught.value)
+    assert message == "the id or kept columns change type between inputs: id is int64 and string"
