@@ -202,15 +202,22 @@ class _Pending:
         if piece.keep is not None:
             self.keep.append(piece.keep.slice(offset, take))
 
+    def _types(self) -> str:
+        """Each column's types across the pieces, where it has more than one."""
+        columns = {"id": [a.type for a in self.ids]}
+        for table in self.keep:
+            for column in table.schema:
+                columns.setdefault(column.name, []).append(column.type)
+        seen = {name: sorted({str(t) for t in types}) for name, types in columns.items()}
+        mixed = [f"{name} is {' and '.join(types)}" for name, types in seen.items() if len(types) > 1]
+        return "; ".join(mixed) or "their columns differ"
+
     def emit(self, record_end: int, shard_end: bool, final: bool = False) -> Chunk:
         try:
             ids = pa.concat_arrays(self.ids) if self.ids else pa.array([], pa.int64())
             keep = pa.concat_tables(self.keep, promote_options="permissive") if self.keep else None
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            types = sorted({str(a.type) for a in self.ids})
-            raise InputError(
-                f"the id or kept columns change type between inputs ({', '.join(types)}): {exc}"
-            ) from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise InputError(f"the id or kept columns change type between inputs: {self._types()}") from None
         # Parse rejects after the last record sit at record_end itself: the final chunk takes them.
         mine = [r for r in self.rejects if final or r.position < record_end]
         self.rejects = [r for r in self.rejects if not final and r.position >= record_end]

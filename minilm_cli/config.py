@@ -7,6 +7,42 @@ from dataclasses import dataclass, field
 FORMATS_OUT = ("parquet", "npy", "jsonl")
 ON_ERROR = ("fail", "skip")
 OVERFLOW = ("truncate", "split", "mean", "reject")
+#: What --overflow split writes (and split and mean carry) beside the kept columns.
+WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
+
+
+def kept_column(spec: str) -> tuple[str, str]:
+    """``"id:source_id"`` -> ``("id", "source_id")``; ``"k"`` -> ``("k", "k")``. Split at the
+    last colon, so an input name holding a colon is kept by renaming it (``a:b:a_b``)."""
+    source, sep, name = spec.rpartition(":")
+    return (source, name) if sep else (spec, spec)
+
+
+def kept_problem(specs: tuple[str, ...] | list[str], overflow: str = "truncate") -> str | None:
+    """What is wrong with ``--keep-columns``, as the one line to show, or None."""
+    taken = {name: "the output already has an '{}' column" for name in ("id", "embedding")}
+    if overflow in ("split", "mean"):  # the window columns ride along with the kept ones
+        verb = "adds" if overflow == "split" else "uses"  # mean drops them again before writing
+        taken.update({name: f"--overflow {overflow} {verb} a '{{}}' column" for name in WINDOW_COLUMNS})
+    sources: set[str] = set()
+    names: dict[str, str] = {}  # output name -> the spec that takes it
+    for spec in specs:
+        source, name = kept_column(spec)
+        if not source or not name:
+            return f"--keep-columns {spec!r}: expected NAME or NAME:NEWNAME"
+        if source in sources:
+            return f"--keep-columns: {source} is listed twice"
+        sources.add(source)
+        if name in taken:
+            hint = " (or pass --id-column id to use it as the id)" if name == "id" == source else ""
+            return (
+                f"--keep-columns {spec}: {taken[name].format(name)}; keep it under another name "
+                f"with {source}:input_{name}{hint}"
+            )
+        if name in names:
+            return f"--keep-columns {names[name]} and {spec} would both be the output column '{name}'"
+        names[name] = spec
+    return None
 
 
 @dataclass
@@ -19,7 +55,7 @@ class EmbedConfig:
     tsv_quoting: str = "csv"  # TSV quotes as in CSV (as pyarrow, pandas, Polars write them), or "none"
     text_column: str = "text"
     id_column: str | None = None
-    keep_columns: tuple[str, ...] = ()
+    keep_columns: tuple[str, ...] = ()  # NAME, or NAME:NEWNAME to keep it under another name
     column_types: dict[str, str] = field(default_factory=dict)  # --column-type NAME=TYPE
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
     pooling: str | None = None  # None: from the model's sentence-transformers config, else mean
@@ -48,6 +84,11 @@ class EmbedConfig:
     num_shards: int = 1
     shard_index: int = 0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def kept(self) -> list[tuple[str, str]]:
+        """The kept columns as (input name, output name), in the order given."""
+        return [kept_column(spec) for spec in self.keep_columns]
 
     @property
     def to_stdout(self) -> bool:

@@ -130,7 +130,7 @@ def read_inputs(cfg: EmbedConfig) -> Any:
         return _read_delimited(ray, files, fmt, paths, where)
     if fmt == "jsonl":
         return ray.data.read_json(paths, lines=True, **where)
-    columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + list(cfg.keep_columns)
+    columns = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else []) + [s for s, _ in cfg.kept]
     return ray.data.read_parquet(paths, columns=list(dict.fromkeys(columns)), **where)
 
 
@@ -278,10 +278,18 @@ def _checked_pieces(embedded: Any, cfg: EmbedConfig) -> Iterator[CheckedRows]:
             batch.column(cfg.text_column).to_pylist(),
             list(range(record + 1, record + n + 1)),
             ids=batch.column(cfg.id_column).combine_chunks() if cfg.id_column else None,
-            keep=batch.select([*cfg.keep_columns, "embedding"]),
+            keep=_kept(batch, cfg),
         )
         yield check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
         record += n
+
+
+def _kept(batch: pa.RecordBatch, cfg: EmbedConfig) -> pa.Table:
+    """The kept columns under their output names (an id column kept too appears twice), then
+    the embedding riding along."""
+    columns = {name: batch.column(source) for source, name in cfg.kept}
+    columns["embedding"] = batch.column("embedding")
+    return pa.table(columns)
 
 
 def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:

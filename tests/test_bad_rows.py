@@ -324,7 +324,7 @@ def test_bad_row_is_set_aside_under_skip(
     kind, number = where
     got = rejects(out)
     assert len(got) == 1
-    assert set(got[0]) == {"source", kind, "reason", "raw"}
+    assert set(got[0]) == {"id", "source", kind, "reason", "raw"}
     assert got[0]["source"] == str(src)
     assert got[0][kind] == number
     assert reason in got[0]["reason"]

@@ -16,15 +16,6 @@ def split_columns(value: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in value.split(",") if c.strip()) if value else ()
 
 
-def check_keep_columns(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    seen: set[str] = set()
-    for name in split_columns(value):
-        if name in seen:
-            raise click.BadParameter(f"'{name}' is listed twice", ctx, param)
-        seen.add(name)
-    return value
-
-
 def at_most(limit: int) -> Callable:
     """A callback refusing numbers no run can mean (10**20 rows or threads) as a usage error,
     before they overflow somewhere deep inside as an 'unexpected' exit 1."""
@@ -92,7 +83,8 @@ _EMBED_OPTIONS = [
         "--input-format",
         type=click.Choice(["csv", "tsv", "jsonl", "parquet", "txt"]),
         help="Input format. Default: from the extension (.csv .tsv .jsonl .ndjson .json-lines .parquet .txt, "
-        "optionally .gz .bz2 .zst .xz); stdin is read as jsonl if it starts with '{', else as txt.",
+        "optionally .gz .bz2 .zst .xz); stdin is read as jsonl if it starts with '{' (after a BOM, "
+        "blank lines or indentation), else as txt, and the guess is noted on stderr.",
     ),
     click.option(
         "--tsv-quoting",
@@ -113,8 +105,9 @@ _EMBED_OPTIONS = [
     click.option(
         "--keep-columns",
         metavar="A,B",
-        callback=check_keep_columns,
-        help="Comma-separated columns copied through to the output.",
+        help="Comma-separated columns copied through to the output. NAME:NEWNAME keeps one under another "
+        "name (e.g. id:source_id: the output's own columns id and embedding are taken). The --id-column "
+        "may be kept too (the same values as id).",
     ),
     click.option(
         "--column-type",

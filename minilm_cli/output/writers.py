@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ..batching import Chunk
 from ..errors import InputError
+from ..sources.values import schema_difference
 from ..storage import PendingFile, Storage, storage_for
 from .layout import Layout
 
@@ -184,8 +185,9 @@ class _OpenShard:
             table = self.schema.empty_table()  # rejects only: still the job's columns and types
         try:
             table = table.cast(self.schema) if table.schema != self.schema else table
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError) as exc:
-            raise InputError(f"a column changes type between rows or inputs: {exc}") from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, ValueError):
+            why = schema_difference(table.schema, self.schema)
+            raise InputError(f"a column changes type between rows or inputs: {why}") from None
         self.parquet.write_table(table)
 
     def commit(self, index: int, record_end: int) -> ShardRecord:

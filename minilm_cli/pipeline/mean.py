@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..batching import Chunk, TokenizedChunk
-from .windows import WINDOW_COLUMNS
+from ..config import WINDOW_COLUMNS
 
 
 @dataclass

@@ -6,6 +6,7 @@ before OUTPUT is touched; OUTPUT is read or changed only once its lock is held.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +24,11 @@ from ..model import Embedder
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
 from ..sources.parquet import open_parquet
+from ..sources.streams import stdin_format
 from ..storage import storage_for
 from .engine import Engine, LocalEngine
 from .result import JobResult
-from .settings import build_embedder, check_config, check_windows
+from .settings import build_embedder, check_config, check_windows, job_columns
 from .stages import Stages
 from .threads import Consumer, SignalGuard
 
@@ -67,7 +69,7 @@ class Plan:
         """Default ids number rows over all inputs: count what the parts before this one hold."""
         if not self.earlier:
             return 0
-        columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+        columns = job_columns(cfg)
         return count_records(self.earlier, columns, cfg.encoding_errors)
 
 
@@ -79,12 +81,24 @@ def plan_run(cfg: EmbedConfig, log: Callable[[str], None] | None = None) -> Plan
     files = resolve_inputs(
         cfg.inputs, cfg.input_format, exclude=exclude, log=log, tsv_quoting=cfg.tsv_quoting
     )
-    columns = Columns(cfg.text_column, cfg.id_column, tuple(cfg.keep_columns))
+    files = [guess_stdin(f, log) for f in files]
+    columns = job_columns(cfg)
     schema = resolve_schema(files, columns, cfg.column_types or None)
     check_inputs(files, columns, schema, cfg.encoding_errors)
     plan = plan_splits(files, cfg.num_shards)
     earlier = [s for rank in plan[: cfg.shard_index] for s in rank]
     return Plan(files, plan[cfg.shard_index], earlier, schema)
+
+
+def guess_stdin(f: InputFile, log: Callable[[str], None] | None) -> InputFile:
+    """Stdin without --input-format: its format guessed once, here, and said on stderr (a
+    guess that reads JSON as text would otherwise embed it silently)."""
+    if not (f.is_stdin and f.format == "auto"):
+        return f
+    fmt = stdin_format()
+    if log is not None:
+        log(f"minilm: note: stdin read as {fmt} (guessed; --input-format to choose)")
+    return dataclasses.replace(f, format=fmt)
 
 
 def check_inputs(files: list[InputFile], columns: Columns, schema: pa.Schema, encoding_errors: str) -> None:

@@ -6,10 +6,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import ON_ERROR, OVERFLOW, EmbedConfig
+from ..config import ON_ERROR, OVERFLOW, EmbedConfig, kept_problem
 from ..errors import InputError
 from ..model import Embedder
-from .windows import WINDOW_COLUMNS, overflow_settings, plan_windows
+from ..sources import Columns
+from .windows import overflow_settings, plan_windows
 
 
 def build_embedder(cfg: EmbedConfig) -> Embedder:
@@ -24,6 +25,18 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
         batch_tokens=cfg.batch_tokens,
         compile=cfg.compile,
         threads=cfg.threads,
+    )
+
+
+def job_columns(cfg: EmbedConfig) -> Columns:
+    """The input columns the job reads, and the output names of the kept ones."""
+    kept = cfg.kept
+    renamed = any(source != name for source, name in kept)
+    return Columns(
+        cfg.text_column,
+        cfg.id_column,
+        tuple(source for source, _ in kept),
+        tuple(name for _, name in kept) if renamed else (),
     )
 
 
@@ -47,7 +60,8 @@ def run_settings(
         "format": cfg.output_format,
         "text_column": cfg.text_column,
         "id_column": cfg.id_column,
-        "keep_columns": list(cfg.keep_columns),
+        # as given, renames included ("a:b"), so --resume/--append/merge refuse another rename
+        "keep_columns": [source if source == name else f"{source}:{name}" for source, name in cfg.kept],
         "on_error": cfg.on_error,
         "encoding_errors": cfg.encoding_errors,
         "overflow": overflow_settings(cfg, embedder),
@@ -75,16 +89,15 @@ def reads_tsv(files: list) -> bool:
 
 def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | None:
     """The output's id and kept columns: the job's schema, with the id column named ``id``
-    (default ids are int64 row numbers). Every shard is written with it, even one of rejects only."""
+    (default ids are int64 row numbers) and each kept column under its output name. Every
+    shard is written with it, even one of rejects only."""
     if schema is None:
         return None
-    fields = [f for f in schema if f.name != cfg.id_column or not cfg.id_column]
     if cfg.id_column:
         id_field = schema.field(cfg.id_column).with_name("id")
     else:
         id_field = pa.field("id", pa.int64())
-    keep = {f.name: f for f in fields}
-    columns = [id_field, *(keep[name] for name in cfg.keep_columns if name in keep)]
+    columns = [id_field, *(schema.field(source).with_name(name) for source, name in cfg.kept)]
     if cfg.overflow == "split":  # each window's place in its document (pipeline/windows.py)
         columns += [
             pa.field("window", pa.int32()),
@@ -123,17 +136,9 @@ def check_config(cfg: EmbedConfig) -> None:
 
 
 def _check_columns(cfg: EmbedConfig) -> None:
-    keep = list(cfg.keep_columns)
-    twice = sorted({k for k in keep if keep.count(k) > 1})
-    if twice:
-        raise InputError(f"--keep-columns: {twice[0]} is listed twice")
-    clash = {"id", "embedding"} & set(keep)
-    if clash:
-        name = sorted(clash)[0]
-        hint = " (to use it as the id, pass --id-column id)" if name == "id" else ""
-        raise InputError(
-            f"--keep-columns {name}: the output already has an '{name}' column{hint}; rename it in the input"
-        )
+    problem = kept_problem(cfg.keep_columns, cfg.overflow)
+    if problem:
+        raise InputError(problem)
 
 
 def _check_overflow(cfg: EmbedConfig) -> None:
@@ -147,11 +152,6 @@ def _check_overflow(cfg: EmbedConfig) -> None:
         raise InputError(
             "--reuse does not work with --overflow mean: a mean row pools a whole document's "
             "windows, and --reuse copies vectors of single texts or windows; run without --reuse"
-        )
-    clash = sorted(set(WINDOW_COLUMNS) & set(cfg.keep_columns)) if cfg.overflow == "split" else []
-    if clash:
-        raise InputError(
-            f"--keep-columns {clash[0]}: --overflow split adds a '{clash[0]}' column; rename it in the input"
         )
 
 

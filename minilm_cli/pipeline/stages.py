@@ -25,6 +25,7 @@ from ..config import EmbedConfig
 from ..model import Embedder
 from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
 from .dedup import CAPACITY, RowExpander, RowPlanner, TruncatedRows
+from .settings import job_columns
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
@@ -63,7 +64,7 @@ class Stages:
 
     @property
     def columns(self) -> Columns:
-        return Columns(self.cfg.text_column, self.cfg.id_column, tuple(self.cfg.keep_columns))
+        return job_columns(self.cfg)
 
     def chunks(self, first_row: int, first_record: int) -> Iterator[Chunk]:
         """Every stage before the model: what the reader thread runs."""

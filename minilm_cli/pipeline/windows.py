@@ -30,9 +30,9 @@ from ..batching import Chunk, TokenizedChunk
 from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
+from ..sources.checks import json_id
 from .window_edges import next_start, sentence_ends, window_end, word_starts
 
-WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
 TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
 PIECE_TOKENS = 16  # a piece of text is about this many --max-length's worth of characters / 16
 SPACES = " \n\t\r"  # cut points every BERT-style pre-tokenizer splits at (no control characters)
@@ -372,6 +372,7 @@ def _reject(raw: RawRows, checked: CheckedRows, i: int, count: int, max_length: 
     reason = f"text is {count} tokens, over --max-length {max_length} (--overflow reject)"
     reject = Reject(raw.file.path, kind, raw.locations[record], reason, line)
     reject.position = int(checked.positions[i])
+    reject.id = json_id(checked.ids[i].as_py())  # the default id or the --id-column's value
     return reject
 
 

@@ -72,7 +72,7 @@ class BlockBuilder:
         """The block so far, as RawRows; the builder starts a new block."""
         errors: list[str | None] = [None] * len(self.items)
         by_name = {field.name: self._column(field, errors) for field in self.fields}
-        keep = pa.table({k: by_name[k] for k in self.columns.keep}) if self.columns.keep else None
+        keep = self.columns.keep_table(by_name)
         rows = RawRows(
             self.f,
             self.texts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ def check_rows(raw: RawRows, first_record: int, encoding_errors: str, on_error: 
     rejects = list(raw.parse_rejects)
     for r in rejects:
         r.position = first_record
+        # not a record, so no id of its own: with default ids, the number it would take once fixed
+        r.id = None if raw.ids is not None else first_record + _records_before(raw, r.location)
     texts: list[str] = []
     good: list[int] = []
     null_ids = raw.ids.is_null().to_pylist() if raw.ids is not None else None
@@ -65,6 +68,7 @@ def check_rows(raw: RawRows, first_record: int, encoding_errors: str, on_error: 
             continue
         reject = Reject(raw.file.path, _kind(raw.file), raw.locations[i], reason or "", _raw(raw, i))
         reject.position = first_record + i
+        reject.id = first_record + i if raw.ids is None else json_id(raw.ids[i].as_py())
         rejects.append(reject)
     rejects.sort(key=lambda r: r.location if r.location is not None else -1)  # in file order
     if on_error == "fail" and rejects:
@@ -97,6 +101,17 @@ def check_text(value: Any, encoding_errors: str) -> tuple[str | None, str | None
     if not value.strip():  # type: ignore[union-attr]
         return None, "empty text"
     return value, None
+
+
+def json_id(value: Any) -> Any:
+    """An id value as a reject record (JSON) holds it: as written to stdout rows (str of
+    anything JSON has no type for: timestamps, decimals, bytes)."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _records_before(raw: RawRows, location: int | None) -> int:
+    """Records of the block before a line or row (both counted in the same numbering)."""
+    return bisect.bisect_left(raw.locations, location) if location is not None else 0
 
 
 def _kind(f: InputFile) -> str:

@@ -97,7 +97,7 @@ def _rows(
     typed = {}
     for name in columns.typed:
         typed[name] = _conform(f, name, batch.column(name), schema.field(name).type, errors, row_errors)
-    keep = pa.table({k: typed[k] for k in columns.keep}) if columns.keep else None
+    keep = columns.keep_table(typed)
     return RawRows(
         f,
         as_bytes(batch.column(columns.text)),
@@ -121,8 +121,12 @@ def _conform(
         return array
     try:
         return array.cast(want)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise InputError(f"{f.path}: column '{name}' cannot be read as {want}: {exc}") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # in our words: pyarrow's cast message names its internals, not the user's column
+        raise InputError(
+            f"{f.path}: column '{name}' is {array.type} here and cannot be read as {want} (the job's "
+            "type, from the first input); convert the file or set --column-type"
+        ) from None
 
 
 def _repair_strings(name: str, array: pa.Array, errors: str, row_errors: list) -> pa.Array:

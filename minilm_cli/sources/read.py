@@ -13,7 +13,7 @@ from .jsonl import read_jsonl
 from .parquet import read_parquet
 from .rows import Columns, InputFile, RawRows, Split, input_errors
 from .schema import resolve_schema
-from .streams import ByteRange, open_binary, peek_stdin
+from .streams import ByteRange, open_binary, stdin_format
 from .txt import no_columns_in_text, read_txt
 
 
@@ -29,8 +29,7 @@ def read_file(
 
     ``schema`` is the job's (``resolve_schema``); without one, this file's own is resolved."""
     if f.is_stdin and f.format == "auto":
-        head = peek_stdin(4096).lstrip()
-        f = InputFile("-", "jsonl" if head.startswith((b"{", b"\xef\xbb\xbf{")) else "txt")
+        f = InputFile("-", stdin_format())
     if f.format == "txt":
         no_columns_in_text(f, columns)
     if f.is_stdin and f.format == "parquet":

@@ -72,6 +72,21 @@ class Columns:
     text: str = "text"
     id: str | None = None
     keep: tuple[str, ...] = ()
+    #: The kept columns' names in the output, parallel to ``keep`` (``--keep-columns a:b``);
+    #: empty when every one keeps its input name.
+    keep_as: tuple[str, ...] = ()
+
+    @property
+    def kept(self) -> list[tuple[str, str]]:
+        """(input name, output name) of each kept column."""
+        return list(zip(self.keep, self.keep_as or self.keep))
+
+    def keep_table(self, typed: dict[str, pa.Array]) -> pa.Table | None:
+        """The kept columns of a block, under their output names (an id column kept as
+        well is the same array twice: once as ``id``, once here)."""
+        if not self.keep:
+            return None
+        return pa.table({name: typed[source] for source, name in self.kept})
 
     @property
     def wanted(self) -> list[str]:
@@ -115,6 +130,10 @@ class Reject:
     reason: str
     raw: str | None = None
     position: int = 0  # global record index it sits at: decides its shard, and resume skips
+    #: The id the row would have had, to join it back: the record number it takes (or, for a
+    #: line that is not even a record, would take once fixed) with default ids; the
+    #: --id-column's value as JSON allows (None where the id itself is missing or unreadable).
+    id: Any = None
 
     def describe(self) -> str:
         where = f"{self.location_kind} {self.location}" if self.location is not None else "?"
@@ -122,6 +141,7 @@ class Reject:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "source": self.source,
             self.location_kind: self.location,
             "reason": self.reason,
@@ -161,7 +181,21 @@ def input_errors(f: InputFile) -> Iterator[None]:
     except (EOFError, OSError, pa.ArrowException, UnicodeDecodeError, zlib.error, lzma.LZMAError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # disk-level faults are runtime failures, not bad input
-        raise InputError(f"{f.path}: cannot read as {f.format}: {one_line(exc)}") from None
+        raise InputError(f"{f.path}: cannot read as {f.format}: {_read_failure(f, exc)}") from None
+
+
+def _read_failure(f: InputFile, exc: BaseException) -> str:
+    """Why ``f`` cannot be read, in our words first; the library's own words follow in
+    brackets as the detail (never as the explanation)."""
+    detail = one_line(exc)
+    if f.compression and isinstance(exc, EOFError):
+        return f"the {f.compression} stream ends early, a cut-short file? ({detail})"
+    codec = (zlib.error, lzma.LZMAError, OSError) + ((pa.ArrowException,) if f.compression == "zstd" else ())
+    if f.compression and isinstance(exc, codec):  # OSError: bz2's and gzip's bad data (errno None)
+        return f"not valid {f.compression} data ({detail})"
+    if f.format == "parquet" and isinstance(exc, pa.ArrowException):
+        return f"not a readable Parquet file ({detail})"
+    return detail
 
 
 def one_line(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from ..errors import InputError, shown
 from .jsonl import parse_json_object
 from .parquet import open_parquet, string_like
 from .rows import Columns, InputFile, input_errors
-from .streams import iter_lines, open_binary, peek_stdin
+from .streams import iter_lines, open_binary, peek_stdin, stdin_format
 from .values import JSON_META, TYPE_NAMES, arrow_type, kind, type_name
 
 SAMPLE_RECORDS = 1000
@@ -100,8 +100,7 @@ def _declared(name: str, kind_name: str) -> pa.Field:
 
 def _format_of(f: InputFile) -> str:
     if f.is_stdin and f.format == "auto":
-        head = peek_stdin(4096).lstrip()
-        return "jsonl" if head.startswith((b"{", b"\xef\xbb\xbf{")) else "txt"
+        return stdin_format()
     return f.format
 
 

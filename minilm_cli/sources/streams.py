@@ -59,6 +59,15 @@ def peek_stdin(limit: int = 65536) -> bytes:
         return b""
 
 
+def stdin_format() -> str:
+    """The format stdin is read in without --input-format: ``jsonl`` when its first byte past
+    a UTF-8 BOM and any whitespace (blank lines, indentation) opens a JSON object, else ``txt``."""
+    head = peek_stdin(4096)
+    if head.startswith(BOM):
+        head = head[len(BOM) :]
+    return "jsonl" if head.lstrip().startswith(b"{") else "txt"
+
+
 class ByteRange(io.RawIOBase):
     """The lines of a file whose first byte lies in [start, end), as a readable stream; with
     ``lines=False``, exactly the bytes [start, end) (the caller found the record starts)."""

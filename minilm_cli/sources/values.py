@@ -148,5 +148,15 @@ def text_value(column: str, value: str | None, declared: str, encoding_errors: s
     return None, f"column '{column}': {_short(text)} is not a bool"
 
 
+def schema_difference(have: pa.Schema, want: pa.Schema) -> str:
+    """In our words (never pyarrow's), how a block's columns differ from the job's schema."""
+    if have.names != want.names:
+        return f"the columns are {', '.join(have.names) or '(none)'}, the job's are {', '.join(want.names)}"
+    for a, b in zip(have, want):
+        if a.type != b.type:
+            return f"column '{a.name}' is {a.type} here, {b.type} in the job's schema"
+    return "the columns' types differ from the job's schema"
+
+
 def to_array(values: list[Any], field: pa.Field) -> pa.Array:
     return pa.array(values, field.type)
