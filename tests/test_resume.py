@@ -473,6 +473,34 @@ def test_resume_of_complete_output_has_nothing_to_do(tmp_path, tiny_model_dir):
     assert cli(["verify", str(out)]).exit_code == 0
 
 
+def test_resume_of_complete_output_removes_markers_a_kill_left(tmp_path, tiny_model_dir):
+    """kill -9 after the compacted manifest is written but before the commit markers are
+    removed (found by test_crash_random.py): --resume finds the run complete and removes
+    the markers, so the finished OUTPUT holds what an unkilled run's holds."""
+    from minilm_cli.output.manifest import Manifest
+
+    src = write_corpus(tmp_path / "in.txt", 250, seed=6)
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    args = [str(src), *SMALL_PLAN, *model_args(tiny_model_dir), "-q"]
+    assert cli(["embed", *args, "-o", str(clean)]).exit_code == 0
+    with pytest.MonkeyPatch.context() as mp:  # the process dies right after Manifest.save
+        mp.setattr(Manifest, "remove_markers", lambda self: None)
+        assert cli(["embed", *args, "-o", str(out)]).exit_code == 0
+    assert len(list((out / ".minilm-shards").iterdir())) == 3
+    assert manifest(out)["status"] == "complete"
+
+    again = cli(["embed", *args, "-o", str(out), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert not (out / ".minilm-shards").exists()
+
+    def every_name(root: Path) -> set[str]:  # markers and key files too, not only the shards
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.name != ".manifest.json.lock"}
+
+    assert every_name(out) == every_name(clean)
+    assert output_files(out) == output_files(clean)
+    assert cli(["verify", str(out)]).exit_code == 0
+
+
 def test_resume_without_manifest_is_refused(tmp_path, tiny_model_dir):
     src = write_corpus(tmp_path / "in.txt", 50, seed=7)
     out = tmp_path / "out"

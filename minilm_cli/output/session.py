@@ -128,7 +128,12 @@ class OutputSession:
         self.manifest = manifest
         next_shard, first_row, first_record = manifest.resume_point()
         complete = existing is not None and manifest.doc.get("status") == "complete"
-        if not complete:
+        if complete:
+            # A run killed between writing its compacted manifest and removing the commit
+            # markers left markers the manifest already holds: finish that clean-up, so a
+            # finished OUTPUT holds the same files however its run ended.
+            manifest.remove_markers()
+        else:
             manifest.doc["status"] = "running"
             manifest.doc["runtime"] = runtime
             manifest.save()
