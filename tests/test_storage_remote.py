@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from minilm_cli.errors import ExitCode, InputError, MinilmError, OutputConflict
+from minilm_cli.output.layout import Layout
 from minilm_cli.storage import (
     FsspecStorage,
     LocalStorage,
@@ -319,6 +320,32 @@ def test_s3_lock_conditional_put_and_stale_takeover(s3) -> None:
     assert store.lock_holder(path) is not None
     second.release()
     assert not store.exists(path) and store.lock_holder(path) is None
+
+
+def test_s3_takeover_aborts_only_the_dead_writers_uploads(s3) -> None:
+    """A part of a job array taking over its own stale lease must not abort a live sibling
+    part's shard upload under the same OUTPUT (found by tests/test_crash_random.py)."""
+    store, root, server = s3
+    client = server.client()
+    layout = Layout(root, shard_index=0, num_shards=2)
+    sibling = Layout(root, shard_index=1, num_shards=2)
+    pending = {}
+    for owner in (layout, sibling):  # one shard of each part half-way up (12 MiB: a part is sent)
+        pending[owner] = store.create(f"{root}/{owner.shard_name(3)}.parquet")
+        pending[owner].stream.write(b"x" * (12 * 2**20))
+        pending[owner].stream.flush()
+    assert len(uploads(client, server.bucket)) == 2
+    dead = store.lock(layout.lock_path, ttl=60, owns=layout.owns)
+    lease = json.loads(store.read_bytes(layout.lock_path))
+    stale = dict(lease, host="elsewhere", heartbeat=time.time() - 3600)
+    store.write_atomic(layout.lock_path, json.dumps(stale).encode())
+    taker = store.lock(layout.lock_path, ttl=60, owns=layout.owns)
+    left = [u["Key"].rsplit("/", 1)[-1] for u in uploads(client, server.bucket)]
+    assert left == [f"{sibling.shard_name(3)}.parquet"]  # the dead part's upload went, the live one stays
+    pending[sibling].commit()  # and the live part's shard still commits whole
+    assert store.info(f"{root}/{sibling.shard_name(3)}.parquet").size == 12 * 2**20
+    dead.refresh()
+    taker.release()
 
 
 def test_s3_heartbeat_refreshes_the_lease(s3) -> None:

@@ -105,6 +105,10 @@ class Layout:
         match = self._own().match(name)
         return int(match.group(1)) if match else None
 
+    def owns(self, name: str) -> bool:
+        """Whether a file name (any folder) is one of this writer's shard files or temps."""
+        return self.own_index(name) is not None or self.is_own_temp(name)
+
     def is_own_temp(self, name: str) -> bool:
         if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
             return False

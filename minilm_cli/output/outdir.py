@@ -43,7 +43,7 @@ class OutputDir:
             raise OutputConflict(
                 f"cannot create OUTPUT {self.root}: {exc.strerror.lower()} (a parent is a file)"
             ) from None
-        self.lock = self.storage.lock(self.layout.lock_path)
+        self.lock = self.storage.lock(self.layout.lock_path, owns=self.layout.owns)
 
     def release(self, remove: bool = True) -> None:
         """Let go of the lock; by default its file goes too, so none is left in a finished OUTPUT."""

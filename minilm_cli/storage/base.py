@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -68,7 +69,10 @@ class Storage(Protocol):
 
     def make_dirs(self, path: str) -> None: ...
 
-    def lock(self, path: str) -> Lock: ...
+    def lock(self, path: str, owns: Callable[[str], bool] | None = None) -> Lock:
+        """The one-writer lock at ``path``; ``owns`` names the files its writer owns (file
+        name -> bool), so that clean-up after a dead writer's lock is taken over stays with them."""
+        ...
 
     def lock_holder(self, path: str) -> str | None:
         """Who holds the lock at ``path`` (a pid, or "?"), or None when nobody does.

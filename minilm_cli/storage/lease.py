@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputConflict
@@ -24,8 +25,15 @@ class LeaseLock:
     """A lease object: conditional create, heartbeat thread, stale takeover. See the module
     docstring for which store gets which guarantee."""
 
-    def __init__(self, storage: FsspecStorage, path: str, ttl: float = LEASE_TTL_S) -> None:
+    def __init__(
+        self,
+        storage: FsspecStorage,
+        path: str,
+        ttl: float = LEASE_TTL_S,
+        owns: Callable[[str], bool] | None = None,
+    ) -> None:
         self.storage = storage
+        self.owns = owns  # the file names this lock's writer owns (a takeover aborts only theirs)
         self.path = path
         self.ttl = ttl
         self.run_id = uuid.uuid4().hex
@@ -69,7 +77,7 @@ class LeaseLock:
                 self.etag = replaced
                 if st.native_conditional or self._still_ours():
                     # a dead run's unfinished multipart uploads under OUTPUT are ours to abort
-                    st.abort_uploads(_parent(self.path))
+                    st.abort_uploads(_parent(self.path), self.owns)
                     return
                 break
         raise OutputConflict(f"OUTPUT {redact_url(_parent(self.path))} is being taken by another run")

@@ -8,6 +8,7 @@ import glob as globbing
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from typing import IO
 
 from ..errors import OutputConflict
@@ -169,8 +170,8 @@ class LocalStorage:
     def make_dirs(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
-    def lock(self, path: str) -> LocalLock:
-        return LocalLock(os.fspath(path))
+    def lock(self, path: str, owns: Callable[[str], bool] | None = None) -> LocalLock:
+        return LocalLock(os.fspath(path))  # ``owns``: a store's takeover clean-up; a flock needs none
 
     def lock_holder(self, path: str) -> str | None:
         try:

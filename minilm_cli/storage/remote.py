@@ -55,9 +55,10 @@ import contextlib
 import datetime as dt
 import json
 import os
+import posixpath
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from ..errors import InputError, MinilmError
@@ -371,10 +372,12 @@ class FsspecStorage:
             self.write_atomic(path, data)
             return self.etag(path)
 
-    def abort_uploads(self, prefix: str) -> int:
+    def abort_uploads(self, prefix: str, owns: Callable[[str], bool] | None = None) -> int:
         """S3: abort the incomplete multipart uploads under ``prefix`` (a killed run's shard
         going up: invisible, but stored and billed until aborted). Only called by a run that
-        has just taken over a dead run's lease, so none of them is a live writer's."""
+        has just taken over a dead run's lease. ``owns`` (a file name -> whether the dead
+        run wrote it) keeps the abort to that run's names: other parts of a job array share
+        the prefix and may be uploading a shard right now."""
         if not self.is_s3:
             return 0
         bucket, _, key = self.key(prefix).partition("/")
@@ -383,6 +386,8 @@ class FsspecStorage:
         with contextlib.suppress(Exception):  # best effort: the shard objects never appeared
             listed = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
             for upload in listed.get("Uploads", []):
+                if owns is not None and not owns(posixpath.basename(upload["Key"])):
+                    continue
                 self.fs.call_s3(
                     "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
@@ -391,9 +396,11 @@ class FsspecStorage:
 
     # -- the lock
 
-    def lock(self, path: str, ttl: float = LEASE_TTL_S) -> LeaseLock:
+    def lock(
+        self, path: str, ttl: float = LEASE_TTL_S, owns: Callable[[str], bool] | None = None
+    ) -> LeaseLock:
         self._writable(path)
-        return LeaseLock(self, path, ttl)
+        return LeaseLock(self, path, ttl, owns)
 
     def lock_holder(self, path: str) -> str | None:
         """Who holds the lease at ``path`` ("PID on HOST", as local storage gives "PID"), or
