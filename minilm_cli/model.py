@@ -53,10 +53,11 @@ class ModelSource:
     weights_sha256: str
 
 
-def resolve_model(name: str | None) -> ModelSource:
+def resolve_model(name: str | os.PathLike[str] | None) -> ModelSource:
     """Turn --model into a local folder with verified weights, or raise a one-line InputError."""
     if name is None:
         return _packaged_model()
+    name = os.fspath(name)  # a pathlib.Path from the Python API: the manifest records text
     if os.path.isdir(name):
         return _with_weights(name, "local", name)
     if os.path.exists(name):
@@ -198,7 +199,7 @@ class Embedder:
 
     def __init__(
         self,
-        model: str | None = None,
+        model: str | os.PathLike[str] | None = None,
         device: str = "auto",
         precision: str = "auto",
         pooling: str | None = None,

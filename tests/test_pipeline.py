@@ -162,6 +162,16 @@ def test_repeated_user_ids_are_a_warning_and_a_count_in_embed_and_verify(tmp_pat
     assert check.exit_code == 0, check.output  # the same finding, a warning in both
 
 
+def test_python_api_takes_a_pathlib_model_folder(tmp_path, tiny_model_dir) -> None:
+    from minilm_cli import Embedder, run_job
+
+    write_corpus(tmp_path / "a.txt", 5, seed=1)
+    embedder = Embedder(model=Path(tiny_model_dir), device="cpu", precision="fp32", threads=1)
+    cfg = EmbedConfig(inputs=[str(tmp_path / "a.txt")], output=str(tmp_path / "out"))
+    assert run_job(cfg, embedder=embedder).rows == 5  # the manifest records the folder as text
+    assert manifest(tmp_path / "out")["settings"]["model"]["name"] == str(tiny_model_dir)
+
+
 def test_python_api_embeds_one_string_as_one_text(tiny_embedder) -> None:
     one = tiny_embedder.embed("a whole sentence")
     assert one.shape == (tiny_embedder.dim,)
