@@ -86,6 +86,8 @@ def run_case(case: str, sizes: tuple[int, int], work: Path, model: Path, args: a
         cmd += ["--shard-rows", str(args.shard_rows), "--quiet"]
         if case == "mixed":
             cmd += ["--max-length", "256"]
+        if args.chunk_size:
+            cmd += ["--chunk-size", str(args.chunk_size)]
         results[rows] = peak_rss_mib(cmd)
         print(f"{rows:>9,d} rows: peak RSS {results[rows]:7.1f} MiB")
     ratio = results[sizes[1]] / results[sizes[0]]
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--mixed-small", type=int, default=6_000, help="mixed rows, small run")
     parser.add_argument("--mixed-large", type=int, default=60_000, help="mixed rows, large run")
     parser.add_argument("--shard-rows", type=int, default=100_000)
+    parser.add_argument("--chunk-size", type=int, help="as embed's --chunk-size (default: embed's)")
     parser.add_argument("--precision", default="auto", help="as embed's --precision (default: auto)")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: short, mixed")
     args = parser.parse_args()

@@ -109,7 +109,6 @@ class Layout:
         return Layout(where, where, key_mask)
 
 
-@torch.compiler.disable  # Python int arithmetic on the token count: run eagerly under --compile
 def bucketed_layout(where: torch.Tensor, attention_mask: torch.Tensor) -> Layout:
     """The batch in a layout of bucketed shape: batch rows and length rounded up (the new rows
     attend to their first slot only, so no row of the mask is empty), and packed rows rounded
@@ -169,6 +168,12 @@ class BertEncoder(nn.Module):
         self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
         self.bucketed = False
+        self._layout = bucketed_layout
+
+    def prepare_compile(self) -> None:
+        """--compile: the bucketed layout's Python arithmetic on the token count runs eagerly
+        (wrapped only here: torch.compiler imports dynamo, about 60 MiB and a second)."""
+        self._layout = torch.compiler.disable(bucketed_layout)
 
     def use_dtype(self, dtype: torch.dtype) -> None:
         """Linear weights stored in ``dtype`` once (no cast per call, no autocast), LayerNorm,
@@ -189,7 +194,7 @@ class BertEncoder(nn.Module):
         if where is None:
             where = attention_mask.reshape(-1).nonzero().squeeze(1)
         if self.bucketed:
-            layout = bucketed_layout(where, attention_mask)
+            layout = self._layout(where, attention_mask)
             rows = torch.cat([where, where[:1].expand(len(layout.gather) - len(where))])
         else:
             layout, rows = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length)), where

@@ -255,6 +255,8 @@ class Embedder:
         if self.precision == "int8":
             self._quantize(compile)
         self.compiled = compile
+        if compile and self.network.ours:
+            self.model.prepare_compile()
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
 
     def _quantize(self, compile: bool) -> None:
