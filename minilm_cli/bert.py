@@ -69,7 +69,66 @@ class Embedding(nn.Embedding):
         """Nothing, as for Linear."""
 
 
+# Kernel libraries keep something per new matrix shape: oneDNN a primitive (bf16 and fp16 on
+# CPUs with native support), the CPU flash attention a brgemm kernel per padded length. Packed
+# token counts and padded batch shapes are nearly all new on real text, so with low-precision
+# weights every shape is rounded up to a rung of a geometric ladder (bucket): the number of
+# kernels stays bounded whatever the input's size, at the cost of a few padding rows.
+TOKEN_RUNGS = 16  # per doubling of the packed token count: under 1/16 of the rows are padding
+ATTENTION_RUNGS = 8  # per doubling of batch rows and of padded length: under 1/8 each
+
+
+def bucket(n: int, rungs: int) -> int:
+    """``n`` rounded up to the ladder with ``rungs`` (a power of two) steps per doubling; values below
+    ``2 * rungs`` are their own rung. At most ``rungs`` distinct values per octave, so under
+    ``1 / rungs`` of the result is rounding."""
+    step = 1 << max(0, n.bit_length() - rungs.bit_length())
+    return -(-n // step) * step
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a batch's packed rows sit in the padded (batch, length) layout attention runs on."""
+
+    where: torch.Tensor  # (real tokens,): each real token's flat slot in the layout
+    gather: torch.Tensor  # (packed rows,): the slot each packed row reads back; rows past the
+    # real tokens (bucket padding) repeat the first real slot, so they stay finite and unread
+    key_mask: torch.Tensor  # (batch, 1, 1, length) bool
+
+    @property
+    def batch(self) -> int:
+        return self.key_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.key_mask.shape[-1]
+
+    @staticmethod
+    def plain(where: torch.Tensor, key_mask: torch.Tensor) -> Layout:
+        """The batch's own shape: one packed row per real token."""
+        return Layout(where, where, key_mask)
+
+
+def bucketed_layout(where: torch.Tensor, attention_mask: torch.Tensor) -> Layout:
+    """The batch in a layout of bucketed shape: batch rows and length rounded up (the new rows
+    attend to their first slot only, so no row of the mask is empty), and packed rows rounded
+    up. Only arithmetic on the device: nothing waits for a GPU."""
+    batch, length = attention_mask.shape
+    rows, width = bucket(batch, ATTENTION_RUNGS), bucket(length, ATTENTION_RUNGS)
+    slots = where // length * width + where % length
+    mask = torch.zeros(rows, width, dtype=torch.bool, device=attention_mask.device)
+    mask[:batch, :length] = attention_mask.bool()
+    mask[batch:, 0] = True
+    extra = bucket(len(where), TOKEN_RUNGS) - len(where)
+    gather = torch.cat([slots, slots[:1].expand(extra)]) if extra else slots
+    return Layout(slots, gather, mask.view(rows, 1, 1, width))
+
+
 class BertLayer(nn.Module):
+    # the Linear layers' dtype (their weights are stored in it); the residual stream, LayerNorm
+    # and GELU's input stay in the dtype of x (fp32), as autocast would have them
+    dtype = torch.float32
+
     def __init__(self, shape: BertShape) -> None:
         super().__init__()
         self.heads = shape.heads
@@ -81,20 +140,19 @@ class BertLayer(nn.Module):
         self.output_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.activation = ACTIVATIONS[shape.activation]
 
-    def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x: (tokens, hidden), the real tokens of the batch; where: their flat positions in
-        the (batch x length) padded layout; key_mask: (batch, 1, 1, length) bool."""
-        x = self.attend(x, where, key_mask)
-        return self.output_norm(self.output(self.activation(self.intermediate(x))) + x)
+    def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """x: (packed rows, hidden), the real tokens of the batch (and any bucket padding rows)."""
+        x = self.attend(x, layout)
+        return self.output_norm(self.output(self.activation(self.intermediate(x.to(self.dtype)))) + x)
 
-    def attend(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Self-attention, its output projection and LayerNorm: the half before the FFN."""
-        batch, length = key_mask.shape[0], key_mask.shape[-1]
-        qkv = self.qkv(x)
-        padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, where, qkv)
+        batch, length, real = layout.batch, layout.length, layout.where.shape[0]
+        qkv = self.qkv(x.to(self.dtype))
+        padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, layout.where, qkv[:real])
         q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, where)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask)
+        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, layout.gather)
         return self.attention_norm(self.attention_out(context) + x)
 
 
@@ -109,6 +167,23 @@ class BertEncoder(nn.Module):
         self.token_type_embeddings = Embedding(type_vocab, shape.hidden)
         self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
+        self.bucketed = False
+        self._layout = bucketed_layout
+
+    def prepare_compile(self) -> None:
+        """--compile: the bucketed layout's Python arithmetic on the token count runs eagerly
+        (wrapped only here: torch.compiler imports dynamo, about 60 MiB and a second)."""
+        self._layout = torch.compiler.disable(bucketed_layout)
+
+    def use_dtype(self, dtype: torch.dtype) -> None:
+        """Linear weights stored in ``dtype`` once (no cast per call, no autocast), LayerNorm,
+        embeddings and the residual stream in fp32; below fp32, shapes bucketed (see bucket)."""
+        for layer in self.layers:
+            for module in layer.modules():
+                if isinstance(module, nn.Linear):
+                    module.to(dtype)
+            layer.dtype = dtype
+        self.bucketed = dtype != torch.float32
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor | None = None
@@ -118,14 +193,17 @@ class BertEncoder(nn.Module):
         batch, length = input_ids.shape
         if where is None:
             where = attention_mask.reshape(-1).nonzero().squeeze(1)
-        positions = where % length
-        x = self.word_embeddings(input_ids.reshape(-1).index_select(0, where))
-        x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(positions)
+        if self.bucketed:
+            layout = self._layout(where, attention_mask)
+            rows = torch.cat([where, where[:1].expand(len(layout.gather) - len(where))])
+        else:
+            layout, rows = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length)), where
+        x = self.word_embeddings(input_ids.reshape(-1).index_select(0, rows))
+        x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(rows % length)
         x = self.embedding_norm(x)
-        key_mask = attention_mask.bool().view(batch, 1, 1, length)
         for layer in self.layers:
-            x = layer(x, where, key_mask)
-        hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x)
+            x = layer(x, layout)
+        hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x[: len(where)])
         return hidden.view(batch, length, -1)
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bert import BertEncoder, BertLayer
+from .bert import BertEncoder, BertLayer, Layout
 
 ALPHA = 0.8  # SmoothQuant's migration strength: the best of 0.5, 0.65, 0.8 in bench/int8.py
 OUTLIER_CHANNELS = 16  # GELU channels per layer kept in fp32 (8 to 64 measured alike)
@@ -106,8 +106,8 @@ class QuantizedLayer(nn.Module):
         self.ffn = SplitFeedForward(layer, outliers)
         del layer.intermediate, layer.output  # now inside self.ffn
 
-    def forward(self, x: torch.Tensor, where: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = self.layer.attend(x, where, key_mask)
+    def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        x = self.layer.attend(x, layout)
         return self.layer.output_norm(self.ffn(x * self.ffn_inv_scale) + x)
 
 

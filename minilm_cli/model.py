@@ -35,7 +35,7 @@ PACKAGED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d
 REFERENCE_MODEL = "nreimers/MiniLM-L6-H384-uncased"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 POOLINGS = ("mean", "cls", "max")
-# int8 runs outside autocast: its int8 Linears take and give fp32
+# int8 runs in fp32: its int8 Linears take and give fp32
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 # (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
 # batches and pays for every padding token; a GPU needs big batches to fill its cores.
@@ -256,6 +256,8 @@ class Embedder:
         if self.precision == "int8":
             self._quantize(compile)
         self.compiled = compile
+        if compile and self.network.ours:
+            self.model.prepare_compile()
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
 
     def _quantize(self, compile: bool) -> None:
@@ -269,11 +271,16 @@ class Embedder:
         self.model = quantize_int8(self.model, calibration_run(self, calibration_texts()))
 
     def _precast_linear_weights(self, dtype: torch.dtype) -> None:
-        """Store Linear weights in the autocast dtype once, instead of casting them every call.
+        """Store Linear weights in the low-precision dtype once, instead of casting them every call.
 
-        Autocast would round them to the same values on every forward pass, so the results
-        are identical; LayerNorm and embeddings stay fp32, as autocast wants them.
+        Our encoder then runs without autocast (``BertEncoder.use_dtype``: the same casts,
+        written out, and bucketed shapes); a transformers model keeps autocast, which rounds
+        the stored weights to the same values, so the results are identical. LayerNorm and
+        embeddings stay fp32 either way, as autocast wants them.
         """
+        if self.network.ours:
+            self.model.use_dtype(dtype)
+            return
         for module in self.model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.to(dtype)
@@ -374,7 +381,8 @@ class Embedder:
             for a in (batch.input_ids, batch.attention_mask, batch.positions)
         )
         dtype = DTYPES[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        autocast = dtype != torch.float32 and not self.network.ours  # ours casts for itself
+        with torch.autocast(self.device.type, dtype=dtype, enabled=autocast):
             hidden = self.network.hidden(self._forward, input_ids, mask, positions)
         return pool(hidden.float(), mask, self.pooling, self.normalize)
 

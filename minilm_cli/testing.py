@@ -12,8 +12,11 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def write_tiny_bert(folder: str | Path, seed: int = 0, max_seq_length: int = 64) -> Path:
-    """Write the model into ``folder`` (created if needed) and return it."""
+def write_tiny_bert(
+    folder: str | Path, seed: int = 0, max_seq_length: int = 64, max_positions: int = 128
+) -> Path:
+    """Write the model into ``folder`` (created if needed) and return it. ``max_positions``
+    above ``max_seq_length`` lets a caller raise ``--max-length`` (e.g. 256 for real text)."""
     import torch
     from transformers import BertConfig, BertModel
     from transformers.utils import logging as hf_logging
@@ -34,7 +37,7 @@ def write_tiny_bert(folder: str | Path, seed: int = 0, max_seq_length: int = 64)
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
     )
     hf_logging.disable_progress_bar()
     BertModel(config).eval().save_pretrained(folder, safe_serialization=True)

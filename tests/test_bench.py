@@ -47,7 +47,17 @@ def test_gpu_bench_runs_on_cpu():
 @pytest.mark.slow
 def test_memory_bench_stays_within_its_bound():
     """Ten times the rows, about the same peak RSS: the bound the benchmark states (15%)."""
-    out = _run(str(BENCH / "memory.py"), "--small", "2000", "--large", "20000", "--shard-rows", "5000")
+    out = _run(
+        str(BENCH / "memory.py"),
+        "--cases",
+        "short",
+        "--small",
+        "2000",
+        "--large",
+        "20000",
+        "--shard-rows",
+        "5000",
+    )
     line = next(line for line in out.splitlines() if line.startswith("ratio large/small:"))
     ratio = float(line.split()[2])
     assert ratio <= 1.15, out

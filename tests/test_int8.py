@@ -13,7 +13,7 @@ import torch
 from helpers import assert_one_line_error, cli, manifest
 from torch import nn
 
-from minilm_cli.bert import load_bert
+from minilm_cli.bert import Layout, load_bert
 from minilm_cli.devices import choose_precision
 from minilm_cli.errors import InputError
 from minilm_cli.int8 import OUTLIER_CHANNELS, QuantizedLayer, calibration_texts
@@ -56,11 +56,11 @@ def test_split_feed_forward_is_the_same_sum_before_quantizing(real_model_dir: st
     reference = load_bert(read_config(str(folder)), folder / "model.safetensors").layers[0]
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(50, 384, generator=generator)
-    where, key_mask = torch.arange(50), torch.ones(5, 1, 1, 10, dtype=torch.bool)
+    layout = Layout.plain(torch.arange(50), torch.ones(5, 1, 1, 10, dtype=torch.bool))
     scale = torch.rand(384, generator=generator) + 0.5
     split = QuantizedLayer(layer, torch.arange(OUTLIER_CHANNELS) * 7, scale)
     with torch.inference_mode():
-        assert torch.allclose(split(x, where, key_mask), reference(x, where, key_mask), atol=1e-4)
+        assert torch.allclose(split(x, layout), reference(x, layout), atol=1e-4)
 
 
 def test_every_linear_is_int8_and_outliers_stay_fp32(tiny_model_dir: str) -> None:
