@@ -98,7 +98,7 @@ def plan_splits(files: list[InputFile], num_shards: int) -> list[list[Split]]:
         else:
             plan[_rank_of(offset, bounds)].append(split)
         offset += weight
-    return [_merge_row_groups(splits) for splits in plan]
+    return [_merge_adjacent(splits, "row_groups") for splits in plan]
 
 
 def _rank_of(offset: int, bounds: list[int]) -> int:
@@ -108,18 +108,13 @@ def _rank_of(offset: int, bounds: list[int]) -> int:
     return len(bounds) - 2
 
 
-def _merge_row_groups(splits: list[Split]) -> list[Split]:
+def _merge_adjacent(splits: list[Split], kind: str) -> list[Split]:
+    """Splits of ``kind`` that follow on in one file, as one split."""
     merged: list[Split] = []
     for s in splits:
         last = merged[-1] if merged else None
-        if (
-            last
-            and s.kind == "row_groups"
-            and last.kind == "row_groups"
-            and last.file == s.file
-            and last.end == s.start
-        ):
-            merged[-1] = Split(s.file, "row_groups", last.start, s.end, s.extent)
+        if last and s.kind == last.kind == kind and s.file == last.file and s.start == last.end:
+            merged[-1] = Split(s.file, kind, last.start, s.end, s.extent)
         else:
             merged.append(s)
     return merged
@@ -128,7 +123,9 @@ def _merge_row_groups(splits: list[Split]) -> list[Split]:
 def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -> int:
     """Records in these splits, as the reader numbers them (read, not embedded)."""
     total = 0
-    for split in _joined(splits):
+    # Adjacent byte ranges of one file as one: the records of a CSV range are found by
+    # scanning from the file's start (sources/boundaries.py), so one range costs one scan.
+    for split in _merge_adjacent(splits, "bytes"):
         if split.file.format == "parquet" and split.kind == "row_groups":
             with open_parquet(split.file) as pf:
                 meta = pf.metadata
@@ -137,19 +134,6 @@ def count_records(splits: list[Split], columns: Columns, encoding_errors: str) -
         for raw in read_file(split.file, columns, 65536, encoding_errors, split):
             total += len(raw)
     return total
-
-
-def _joined(splits: list[Split]) -> list[Split]:
-    """Adjacent byte ranges of one file as one: the records of a CSV range are found by
-    scanning from the file's start (sources/boundaries.py), so one range costs one scan."""
-    joined: list[Split] = []
-    for s in splits:
-        last = joined[-1] if joined else None
-        if last and s.kind == last.kind == "bytes" and s.file == last.file and s.start == last.end:
-            joined[-1] = Split(s.file, "bytes", last.start, s.end, s.extent)
-        else:
-            joined.append(s)
-    return joined
 
 
 def coverage_problems(parts: list[dict]) -> list[str]:
