@@ -66,6 +66,8 @@ def resolve_inputs(
         raise InputError("no INPUT given: name files, globs, directories or - for stdin")
     if "-" in patterns and len(patterns) > 1:
         raise InputError("- (stdin) cannot be combined with other inputs")
+    if tsv_quoting not in TSV_QUOTING:
+        raise InputError(f"tsv_quoting {tsv_quoting!r}: use one of {', '.join(TSV_QUOTING)}")
     tell = log or (lambda message: None)
     fence = _Fence(exclude or [])
     once = _Once()
@@ -82,8 +84,6 @@ def resolve_inputs(
             once.add(path, given if paths == [pattern] else path)
     for note in once.notes():
         tell(note)
-    if tsv_quoting not in TSV_QUOTING:
-        raise InputError(f"tsv_quoting {tsv_quoting!r}: use one of {', '.join(TSV_QUOTING)}")
     quoting = tsv_quoting == "csv"
     return [replace(_describe(p, input_format), quoting=quoting) for p in once.paths]
 
