@@ -3,7 +3,7 @@
     python bench/int8.py [--rows 400] [--long-rows 40] [--speed-rows 200] [--rounds 3]
                          [--alphas 0.5,0.65,0.8]
 
-Every variant is built on our own encoder (minilm_cli.bert, the default for the packaged
+Every variant is built on our own encoder (minilm_cli.model.bert, the default for the packaged
 model: Linear layers on packed real tokens, fused QKV); bench/smooth.py says how SmoothQuant
 is folded into it (alpha per --alphas; input maxima from the corpus' last 256 rows, never
 evaluated):
@@ -55,9 +55,9 @@ sys.path.insert(0, str(HERE))
 import smooth  # noqa: E402
 from throughput import corpus_rows, long_texts, onnx_embed, onnx_engines  # noqa: E402
 
-from minilm_cli import int8  # noqa: E402
-from minilm_cli.bert import load_bert  # noqa: E402
-from minilm_cli.loading import read_config  # noqa: E402
+from minilm_cli.model import int8  # noqa: E402
+from minilm_cli.model.bert import load_bert  # noqa: E402
+from minilm_cli.model.loading import read_config  # noqa: E402
 
 ORT_REF = "ONNX Runtime int8 (reference)"
 

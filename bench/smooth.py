@@ -1,4 +1,4 @@
-"""SmoothQuant on our own encoder (minilm_cli.bert.BertEncoder), for bench/int8.py.
+"""SmoothQuant on our own encoder (minilm_cli.model.bert.BertEncoder), for bench/int8.py.
 
 SmoothQuant moves per-channel activation outliers into the weights: a Linear's input x is
 divided by s (per input channel) and its weight columns multiplied by s, the same product;
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minilm_cli import int8
-from minilm_cli.int8 import Smoothed, fold_into_v, smooth_scale
+from minilm_cli.model import int8
+from minilm_cli.model.int8 import Smoothed, fold_into_v, smooth_scale
 
 LINEARS = ("qkv", "attention_out", "intermediate", "output")
 

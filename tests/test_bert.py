@@ -1,4 +1,4 @@
-"""Our own BERT encoder (minilm_cli/bert.py) and the loader that picks it (minilm_cli/loading.py).
+"""Our own BERT encoder (minilm_cli/model/bert.py) and the loader that picks it (minilm_cli/loading.py).
 
 The encoder must compute what transformers' BertModel computes, on the real weights and on
 random ones, and a model it does not implement must still load, through transformers.
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minilm_cli.bert import BertEncoder, load_bert
-from minilm_cli.loading import _plain_tokenizer, _transformers_tokenizer, load_network, read_config
 from minilm_cli.model import Embedder
+from minilm_cli.model.bert import BertEncoder, load_bert
+from minilm_cli.model.loading import _plain_tokenizer, _transformers_tokenizer, load_network, read_config
 
 TEXTS = [
     "A cat.",

@@ -1,4 +1,4 @@
-"""Bounded shapes in low precision (minilm_cli/bert.py: bucket, bucketed_layout, use_dtype).
+"""Bounded shapes in low precision (minilm_cli/model/bert.py: bucket, bucketed_layout, use_dtype).
 
 oneDNN keeps a primitive per new matrix shape, so in bf16/fp16 the encoder rounds the packed
 token count and the padded attention shape up to a small ladder of rungs. The padding rows
@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from minilm_cli import bert
-from minilm_cli.bert import ATTENTION_RUNGS, TOKEN_RUNGS, bucket
-from minilm_cli.model import Embedder
+from minilm_cli.model import Embedder, bert
+from minilm_cli.model.bert import ATTENTION_RUNGS, TOKEN_RUNGS, bucket
 
 
 def _mixed_texts(rows: int, seed: int = 0) -> list[str]:

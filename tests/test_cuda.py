@@ -105,7 +105,7 @@ def test_batches_are_pinned_and_run_without_waiting_for_the_gpu(
 
 def test_tokenizer_thread_pool_on_when_the_model_is_on_the_gpu(real_model_dir: str, monkeypatch) -> None:
     """With the model on a GPU, the cores are free for tokenizing, which is the bottleneck."""
-    from minilm_cli import model
+    from minilm_cli.model import embedder as model
 
     monkeypatch.setattr(model, "_USER_TOKENIZERS_PARALLELISM", None)
     model.Embedder(real_model_dir, device="cuda")

@@ -13,12 +13,12 @@ import torch
 from helpers import assert_one_line_error, cli, manifest
 from torch import nn
 
-from minilm_cli.bert import Layout, load_bert
 from minilm_cli.devices import choose_precision
 from minilm_cli.errors import InputError
-from minilm_cli.int8 import OUTLIER_CHANNELS, QuantizedLayer, calibration_texts
-from minilm_cli.loading import read_config
 from minilm_cli.model import Embedder
+from minilm_cli.model.bert import Layout, load_bert
+from minilm_cli.model.int8 import OUTLIER_CHANNELS, QuantizedLayer, calibration_texts
+from minilm_cli.model.loading import read_config
 
 REPO = Path(__file__).resolve().parent.parent
 

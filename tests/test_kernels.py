@@ -31,7 +31,7 @@ def test_tokenizer_thread_pool_off_beside_a_cpu_model(tiny_model_dir: str, monke
     """On a CPU the tokenizer's own threads would fight the model's; a value the user set stays."""
     import os
 
-    from minilm_cli import model
+    from minilm_cli.model import embedder as model
 
     monkeypatch.setattr(model, "_USER_TOKENIZERS_PARALLELISM", user_value)
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", user_value or "true")

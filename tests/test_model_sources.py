@@ -36,7 +36,7 @@ def test_packaged_model_is_checked(real_model_dir):
 
 
 def test_packaged_model_with_wrong_hash_is_refused(monkeypatch):
-    import minilm_cli.model as model
+    import minilm_cli.model.source as model
 
     monkeypatch.setattr(model, "PACKAGED_SHA256", "0" * 64)
     with pytest.raises(InputError, match="sha256"):

