@@ -216,7 +216,7 @@ def rewrite_with(out: Path, fmt: str, index: int, value: float) -> None:
 def test_nan_or_inf_in_a_shard(output, value):
     fmt, out = output
     rewrite_with(out, fmt, 1, value)
-    found = assert_fails(out, "shard 1: 1 rows hold NaN or Inf")
+    found = assert_fails(out, "shard 1: 1 row holds NaN or Inf")
     assert len(found) == 1, found  # sizes and checksums match: only the values are wrong
 
 

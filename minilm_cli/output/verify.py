@@ -205,7 +205,7 @@ class _Verifier:
             problems.append(f"dim {embeddings.shape[1]}, manifest says {settings.get('dim')}")
         bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
         if bad:
-            problems.append(f"{bad} rows hold NaN or Inf")
+            problems.append("1 row holds NaN or Inf" if bad == 1 else f"{bad} rows hold NaN or Inf")
         if ids.null_count:
             problems.append(f"{ids.null_count} null ids")
         else:

@@ -73,27 +73,33 @@ class JobResult:
     def holdings(self) -> str:
         """What OUTPUT holds, for a run that had nothing to do (its earlier runs' rejected,
         truncated, speed and padding figures are not this run's, so they are not shown)."""
-        return f"added 0 rows; {self.output} holds {self.rows} rows in {self.shards} shard(s)"
+        return f"added 0 rows; {self.output} holds {_rows(self.rows)} in {self.shards} shard(s)"
 
     def summary(self) -> str:
         shards = "" if self.output == "-" else f" into {self.shards} shard(s)"
         padding = f", padding efficiency {self.padding_efficiency:.0%}" if self.padded_tokens else ""
         if self.overflow == "split":
-            what = f"{self.rows} rows ({self.windows} windows of {self.documents} documents)"
+            what = f"{_rows(self.rows)} ({self.windows} windows of {self.documents} documents)"
         elif self.overflow == "mean":
-            what = f"{self.rows} rows ({self.windows} windows)"
+            what = f"{_rows(self.rows)} ({self.windows} windows)"
         else:
-            what = f"{self.rows} rows"
+            what = _rows(self.rows)
         copied = self.rows - self.embedded if self.overflow in ("truncate", "reject") else 0
-        reused = f"; {copied} rows copied an earlier vector (repeated text or --reuse)" if copied > 0 else ""
+        reused = ""
+        if copied > 0:
+            reused = f"; {_rows(copied)} copied an earlier vector (repeated text or --reuse)"
         lead = f"embedded {what}{shards}"
         if self.resumed_rows and self.output != "-":  # --resume, --append: say what this run added
             added = self.rows - self.resumed_rows
-            lead = f"added {added} rows; {self.output} holds {what} in {self.shards} shard(s)"
+            lead = f"added {_rows(added)}; {self.output} holds {what} in {self.shards} shard(s)"
         return (
             f"{lead}; {self.rejected} rejected, {self.truncated} truncated; "
             f"{self.seconds:.1f} s, {self.rows_per_second:.0f} rows/s{padding}{reused}"
         )
+
+
+def _rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"
 
 
 def _window_rows(overflow: str, chunk: Any) -> int:
