@@ -229,7 +229,7 @@ def _write(path: Path, text: str | bytes) -> Path:
         ("j.jsonl", '{"text": "alpha"}\n{"text": "beta"}\n{"text": "gam\n', "line 3", "invalid JSON"),
         ("k.jsonl", '{"text": "alpha"}\n["a list"]\n', "line 2", "not an object"),
         ("t.jsonl", '{"text": "alpha"}\n{"text": 42}\n', "line 2", "not a string"),
-        ("b.txt", "alpha\nbeta\ngamma\n\nepsilon\n", "line 4", "empty text"),
+        ("b.txt", "alpha\nbeta\n\ngamma\n\u00a0\nepsilon\n", "line 5", "empty text"),  # NBSP only
         ("u.txt", b"alpha\nbeta\n\xff\xfe bad bytes\n", "line 3", "invalid UTF-8"),
     ],
 )
@@ -253,7 +253,7 @@ def test_bad_row_in_parquet_names_the_row(tmp_path: Path, tiny_model_dir: str) -
 
 def test_bad_row_in_second_input_names_that_file(tmp_path: Path, tiny_model_dir: str) -> None:
     good = _write(tmp_path / "a.txt", "alpha\nbeta\n")
-    bad = _write(tmp_path / "b.txt", "gamma\n   \n")
+    bad = _write(tmp_path / "b.txt", b"gamma\n\xff\n")
     result = invoke(["embed", good, bad, "-o", "-", "--model", tiny_model_dir])
     assert result.exit_code == 2
     line = result.stderr.strip()
@@ -268,7 +268,7 @@ def test_null_id_is_a_bad_row(tmp_path: Path, tiny_model_dir: str) -> None:
 
 
 def test_bad_row_from_stdin(tiny_model_dir: str) -> None:
-    result = invoke(["embed", "-", "-o", "-", "--model", tiny_model_dir], input="alpha\n\ngamma\n")
+    result = invoke(["embed", "-", "-o", "-", "--model", tiny_model_dir], input="alpha\n\u00a0\ngamma\n")
     assert result.exit_code == 2
     # the guessed format is noted first (it explains many a bad row), then the one error line
     note, error = result.stderr.splitlines()

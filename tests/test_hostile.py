@@ -528,7 +528,7 @@ def test_14_newline_in_a_missing_input_path(ws, tiny_model_dir):
 
 def test_14_newline_in_an_input_path_with_a_bad_row(ws, tiny_model_dir):
     src = ws.root / "bad\nname.txt"
-    src.write_text("alpha\n\ngamma\n")
+    src.write_text("alpha\n\u00a0\ngamma\n", encoding="utf-8")
     result = embed(tiny_model_dir, src, "-o", ws.root / "out")
     assert_one_error(result, 2, "line 2", "empty text")
     ws.assert_intact()
@@ -768,7 +768,7 @@ def test_i8_verify_of_a_missing_path_exits_2(ws):
 def debug_cases(root: Path, model: str) -> dict[str, tuple[list, dict, int]]:
     (root / "in.txt").write_text(lines(3))
     (root / "in.jsonl").write_text(json.dumps({"text": "alpha", "k": 1}) + "\n")
-    (root / "bad.txt").write_text("alpha\n\n")
+    (root / "bad.txt").write_text("alpha\n\u00a0\n", encoding="utf-8")
     (root / "full").mkdir()
     (root / "full" / "data.csv").write_text("keep me")
     m = model_args(model)

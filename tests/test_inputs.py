@@ -537,3 +537,36 @@ def test_jsonl_schema_is_the_same_for_every_part_of_a_job_array(tmp_path, embedd
     assert len(parts) == 2
     assert [pq.read_schema(p).field("n").type for p in parts] == [pa.float64(), pa.float64()]
     assert sum(pq.read_metadata(p).num_rows for p in parts) == 20
+
+
+def test_txt_blank_lines_are_not_records(tmp_path, tiny_model_dir):
+    """Prose with paragraph breaks embeds as is: blank and whitespace-only lines take no
+    number (as in JSON lines), a bad line is still cited by its real line number."""
+    src = tmp_path / "prose.txt"
+    src.write_bytes(b"first paragraph\n\n  \t\nsecond paragraph\r\n\r\nthird\n\n")
+    out = tmp_path / "out"
+    result = embed_cli(tmp_path, tiny_model_dir, [str(src), "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    table = output(out)
+    assert table.column("id").to_pylist() == [0, 1, 2]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"one\n\n\xff\n")
+    result = embed_cli(tmp_path, tiny_model_dir, [str(bad), "-o", str(tmp_path / "bad_out")])
+    assert result.exit_code == 2
+    assert "bad.txt, line 3: invalid UTF-8" in result.stderr
+
+
+def test_txt_manifest_without_blank_line_rule_is_not_resumed(tmp_path, tiny_model_dir):
+    """A text output written when blank lines were records would resume off by one: refused."""
+    src = tmp_path / "a.txt"
+    src.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert embed_cli(tmp_path, tiny_model_dir, [str(src), "-o", str(out)]).exit_code == 0
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    assert data["settings"]["txt_blank_lines"] == "skipped"
+    del data["settings"]["txt_blank_lines"]
+    path.write_text(json.dumps(data))
+    result = embed_cli(tmp_path, tiny_model_dir, [str(src), "-o", str(out), "--append"])
+    assert result.exit_code == 3, result.stderr
+    assert "txt_blank_lines" in result.stderr

@@ -37,13 +37,14 @@ KILL_PLAN = ["--shard-rows", "2000", "--chunk-size", "500"]
 
 
 def write_corpus(path: Path, rows: int, seed: int = 0, blank_every: int | None = None) -> Path:
-    """Short deterministic text lines; with ``blank_every``, some lines are empty or blank
-    (rejected rows under --on-error skip), at irregular spacing."""
+    """Short deterministic text lines; with ``blank_every``, some lines are Unicode whitespace
+    only (records, rejected as empty text under --on-error skip; an ASCII-blank line is no
+    record at all), at irregular spacing."""
     rng = random.Random(seed)
     lines = []
     for _ in range(rows):
         if blank_every and rng.randrange(blank_every) == 0:
-            lines.append(rng.choice(["", "   ", "\t"]))
+            lines.append(rng.choice(["\u00a0", "\u3000", " \u2003 "]))
         else:
             lines.append(" ".join(rng.choices(WORDS, k=rng.randint(2, 10))))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

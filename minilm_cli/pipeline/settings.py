@@ -41,13 +41,18 @@ def job_columns(cfg: EmbedConfig) -> Columns:
 
 
 def run_settings(
-    cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | None = None, reads_tsv: bool = False
+    cfg: EmbedConfig,
+    embedder: Embedder,
+    columns: list[dict] | None = None,
+    formats: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Everything that decides the bytes of the output; --resume requires it unchanged.
 
-    ``tsv_quoting`` is recorded only where it changes what is read (a TSV input, quotes
-    quoting): a manifest without it (written before the flag, or without TSV quoting) ran
-    with quotes as text, and is compared as such."""
+    ``formats`` are the input formats read. ``tsv_quoting`` is recorded only where it changes
+    what is read (a TSV input, quotes quoting): a manifest without it (written before the
+    flag, or without TSV quoting) ran with quotes as text, and is compared as such. Likewise
+    ``txt_blank_lines``: a text input's blank lines are not records; a manifest of text input
+    without the key numbered them, so it is refused rather than continued off by one."""
     model = embedder.source
     settings = {
         "model": {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256},
@@ -76,15 +81,17 @@ def run_settings(
             "shard_index": cfg.shard_index,
         },
     }
-    if reads_tsv and cfg.tsv_quoting != "none":
+    if "tsv" in formats and cfg.tsv_quoting != "none":
         settings["tsv_quoting"] = cfg.tsv_quoting
+    if "txt" in formats:
+        settings["txt_blank_lines"] = "skipped"
     if columns is not None:
         settings["columns"] = columns
     return settings
 
 
-def reads_tsv(files: list) -> bool:
-    return any(f.format == "tsv" for f in files)
+def formats_read(files: list) -> frozenset[str]:
+    return frozenset(f.format for f in files)
 
 
 def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | None:

@@ -1,4 +1,5 @@
-"""Plain text: one text per line (universal newlines); no columns."""
+"""Plain text: one text per line (universal newlines); no columns. A blank line (ASCII
+whitespace only) is no record and takes no number, as in JSON lines."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def read_txt(f: InputFile, stream: IO[bytes], block_rows: int, first_line: int =
     texts: list[bytes] = []
     numbers: list[int] = []
     for number, line in enumerate(iter_lines(stream), start=first_line + 1):
+        if not line.strip():
+            continue  # blank lines separate paragraphs of prose; they are not records (as in JSON lines)
         texts.append(line)
         numbers.append(number)
         if len(texts) >= block_rows:
