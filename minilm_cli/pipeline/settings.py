@@ -9,6 +9,7 @@ import pyarrow as pa
 from ..config import ON_ERROR, OVERFLOW, EmbedConfig, kept_problem
 from ..errors import InputError
 from ..model import Embedder
+from ..model.quantize import StoredForm
 from ..sources import Columns
 from .windows import overflow_settings, plan_windows
 
@@ -41,9 +42,16 @@ def job_columns(cfg: EmbedConfig) -> Columns:
 
 
 def run_settings(
-    cfg: EmbedConfig, embedder: Embedder, columns: list[dict] | None = None, reads_tsv: bool = False
+    cfg: EmbedConfig,
+    embedder: Embedder,
+    columns: list[dict] | None = None,
+    reads_tsv: bool = False,
+    stored: StoredForm | None = None,
 ) -> dict[str, Any]:
     """Everything that decides the bytes of the output; --resume requires it unchanged.
+
+    ``stored`` (the run's --dtype/--truncate-dim, ranges resolved) sets ``dim`` to the stored
+    row's width and adds ``truncate_dim`` and int8 ``ranges`` when they are set.
 
     ``tsv_quoting`` is recorded only where it changes what is read (a TSV input, quotes
     quoting): a manifest without it (written before the flag, or without TSV quoting) ran
@@ -76,6 +84,8 @@ def run_settings(
             "shard_index": cfg.shard_index,
         },
     }
+    if stored is not None:
+        settings.update(stored.settings())
     if reads_tsv and cfg.tsv_quoting != "none":
         settings["tsv_quoting"] = cfg.tsv_quoting
     if columns is not None:
@@ -130,6 +140,9 @@ def check_config(cfg: EmbedConfig) -> None:
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
     _check_columns(cfg)
     _check_overflow(cfg)
+    from .stored import check_stored  # here, not at the top: stored imports the stage list
+
+    check_stored(cfg)
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
