@@ -115,7 +115,7 @@ class StoredForm:
 
     @property
     def width(self) -> int:
-        """Values per stored row: the manifest's ``dim``."""
+        """Values per stored row (bytes for binary: ``stored_dim``)."""
         return stored_dim(self.dim, self.dtype)
 
     @property
@@ -131,7 +131,7 @@ class StoredForm:
     def settings(self) -> dict[str, Any]:
         """What the manifest records beside ``dtype`` (only what is set: a manifest without
         these keys was written untruncated and unquantized, and compares equal to one)."""
-        out: dict[str, Any] = {"dim": self.width}
+        out: dict[str, Any] = {"dim": self.dim}  # the vector's dims; binary stores them as bits
         if self.truncate_dim is not None:
             out["truncate_dim"] = self.truncate_dim
         if self.ranges is not None:

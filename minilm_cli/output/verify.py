@@ -203,8 +203,9 @@ class _Verifier:
             problems.append(
                 f"holds {embeddings.shape[0]} embeddings and {len(ids)} id rows, manifest says {rows}"
             )
-        if rows and embeddings.shape[1] != settings.get("dim"):
-            problems.append(f"dim {embeddings.shape[1]}, manifest says {settings.get('dim')}")
+        width = stored_width(settings.get("dim"), settings.get("dtype", "float32"))
+        if rows and embeddings.shape[1] != width:
+            problems.append(f"{embeddings.shape[1]} values a row, manifest's dim and dtype say {width}")
         bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
         if bad:
             problems.append(f"{bad} rows hold NaN or Inf")
@@ -268,6 +269,11 @@ class _Verifier:
                 rel = layout_rel(os.path.join(folder, name), self.root)
                 if name.startswith("part-") and rel not in self.listed:
                     self.report.problems.append(f"{rel} is not listed in any manifest")
+
+
+def stored_width(dim: object, dtype: str) -> object:
+    """Values a stored row holds: ``dim``, or ``ceil(dim / 8)`` bytes of bits for binary."""
+    return (dim + 7) // 8 if dtype in ("binary", "ubinary") and isinstance(dim, int) else dim
 
 
 def stored_type_problems(stored: np.dtype, dtype: str) -> list[str]:
