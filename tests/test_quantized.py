@@ -381,3 +381,32 @@ def test_stdout_writes_integers(tiny_model_dir, corpus):
     rows = [json.loads(line)["embedding"] for line in packed.stdout.splitlines()]
     assert all(isinstance(x, int) for x in rows[0])
     assert np.array_equal(np.array(rows), np.packbits(vectors > 0, axis=1))
+
+
+def test_device_workers_take_worker_0s_ranges(tiny_model_dir, corpus, tmp_path):
+    """--device cpu,cpu: worker 1 does not calibrate on its own device; it takes worker 0's
+    recorded ranges, so the parts merge (and equal one run calibrated the same way)."""
+    single, out = tmp_path / "single", tmp_path / "workers"
+    flags = ["--dtype", "int8", "--calibration", str(corpus["cal"])]
+    ok(embed(tiny_model_dir, corpus["a"], single, *flags))
+    ok(embed(tiny_model_dir, corpus["a"], out, *flags, "--device", "cpu,cpu"))
+    merged = manifest(out)["settings"]
+    assert merged["ranges"] == manifest(single)["settings"]["ranges"]
+    assert np.array_equal(stored(out), stored(single))
+    assert verify_output(out).ok
+
+
+@pytest.mark.parametrize("overflow", ["mean", "split"])
+def test_long_documents_quantize_their_rows(tiny_model_dir, tmp_path, overflow):
+    """--overflow mean quantizes the merged document vector (not its windows); split each window."""
+    source = REPO / "sample_data" / "long_texts.jsonl"
+    flags = ["--overflow", overflow, "--max-length", "32", "--truncate-dim", "20"]
+    ok(embed(tiny_model_dir, source, tmp_path / "floats", *flags))
+    ok(embed(tiny_model_dir, source, tmp_path / "bits", *flags, "--dtype", "binary"))
+    floats = stored(tmp_path / "floats")
+    assert floats.shape[1] == 20
+    assert np.array_equal(stored(tmp_path / "bits"), quantize_embeddings(floats, "binary"))
+    assert stored(tmp_path / "bits").shape[1] == 3  # ceil(20 / 8)
+    ok(embed(tiny_model_dir, source, tmp_path / "full", *flags[:4]))
+    full = stored(tmp_path / "full")[:, :20]  # mean: the whole vector's first dims, not the windows'
+    assert np.abs(floats - full / np.linalg.norm(full, axis=1, keepdims=True)).max() < 1e-6
