@@ -103,9 +103,11 @@ def recorded_ranges(root: str, dim: int) -> np.ndarray | None:
     from ..storage import storage_for
 
     storage = storage_for(root)
-    if not storage.exists(root):
+    try:
+        paths = find_manifests(root, storage) + manifest_parts(root, storage)
+    except (OSError, MinilmError):  # no OUTPUT yet (a prefix on a store need not "exist")
         return None
-    for path in dict.fromkeys(find_manifests(root, storage) + manifest_parts(root, storage)):
+    for path in dict.fromkeys(paths):
         try:
             ranges = Manifest.load(path, storage).doc.get("settings", {}).get("ranges")
         except MinilmError:
