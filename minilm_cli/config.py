@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 FORMATS_OUT = ("parquet", "npy", "jsonl")
 ON_ERROR = ("fail", "skip")
 OVERFLOW = ("truncate", "split", "mean", "reject")
+#: --dtype: the stored vectors (model/quantize.py computes them, output/writers.py types them)
+STORED_DTYPES = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 #: What --overflow split writes (and split and mean carry) beside the kept columns.
 WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
 
@@ -70,7 +72,10 @@ class EmbedConfig:
     chunk_size: int = 8192
     shard_rows: int = 100_000
     format: str | None = None  # None: parquet for a directory, jsonl for "-"
-    dtype: str = "float32"
+    dtype: str = "float32"  # stored vectors: float32, float16, int8, uint8, binary, ubinary
+    truncate_dim: int | None = None  # keep the first N dims (normalised again when the model normalises)
+    calibration: str | None = None  # int8/uint8: texts whose vectors fix the ranges
+    ranges: str | None = None  # int8/uint8: an earlier output (or its manifest.json) whose ranges to use
     overwrite: bool = False
     resume: bool = False
     on_error: str = "fail"

@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from .config import EmbedConfig
 from .devices import usable_cpus
 from .errors import ExitCode, InputError, Interrupted, MinilmError, OutputConflict
-from .output import merge_manifests
+from .output import Manifest, manifest_name, merge_manifests
 from .storage import redact, redact_url, storage_for, storage_options
 
 
@@ -54,10 +55,14 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))
     procs = []
+    since = time.time_ns() - 2_000_000_000 if cfg.overwrite else None  # older: the replaced run's
     for index, device in enumerate(devices):
         worker_cfg = replace(
             cfg, device=device, num_shards=len(devices), shard_index=index, quiet=True, threads=threads
         )
+        if index and calibrates(cfg):  # worker 0 calibrates; the others take its ranges
+            ranges = _first_ranges(procs[0], os.path.join(cfg.output, manifest_name(0, len(devices))), since)
+            worker_cfg = replace(worker_cfg, ranges=ranges, calibration=None)
         proc = ctx.Process(
             target=_worker,
             args=(worker_cfg, events, storage_options()),  # --storage-option, for the spawned child
@@ -74,6 +79,29 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     if problems:
         raise OutputConflict("workers finished but their manifests do not merge: " + "; ".join(problems[:3]))
     return {"manifest": redact_url(path), "workers": len(devices)}
+
+
+def calibrates(cfg: EmbedConfig) -> bool:
+    """int8/uint8 without --ranges: the workers must not each calibrate on their own device
+    (two devices may differ in the last bit, and the parts would not merge)."""
+    return cfg.dtype in ("int8", "uint8") and not cfg.ranges
+
+
+def _first_ranges(first: Any, path: str, since: int | None, poll: float = 0.2) -> str | None:
+    """``path``, worker 0's manifest part, once it records this run's ranges (written after
+    ``since`` under --overwrite); None if worker 0 ended first (it reports why)."""
+    storage = storage_for(path)
+    while first.is_alive():
+        info = storage.info(path)
+        fresh = info is not None and (since is None or info.mtime_ns is None or info.mtime_ns >= since)
+        if fresh:
+            try:
+                if Manifest.load(path, storage).doc.get("settings", {}).get("ranges") is not None:
+                    return path
+            except MinilmError:
+                pass  # being replaced: look again
+        time.sleep(poll)
+    return None
 
 
 def _watch(procs: list, events: Any, quiet: bool) -> list[tuple[int, str]]:

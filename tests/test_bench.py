@@ -27,6 +27,7 @@ def test_throughput_bench_prints_both_tables():
     out = _run(str(BENCH / "throughput.py"), "--quick", "--rounds", "1")
     assert "sentence-transformers fp32 (batch 32)" in out and "minilm-cli defaults" in out
     assert "minilm embed (run_job)" in out
+    assert "minilm embed --dtype binary" in out and "bytes_per_row" in out
     assert "engine, mixed corpus" in out and "engine, long corpus" in out
     assert "matmul peak of this machine" in out and "bound" in out
     try:
@@ -35,7 +36,7 @@ def test_throughput_bench_prints_both_tables():
         assert "ONNX Runtime rows skipped" in out
     else:
         assert "ONNX Runtime int8" in out
-    assert out.count("x\n") >= 8  # a ratio closes every row: 4+ engines per corpus, 2 end to end
+    assert out.count("x\n") >= 9  # a ratio closes every row: 4+ engines per corpus, 3 end to end
 
 
 @pytest.mark.slow

@@ -212,10 +212,31 @@ _EMBED_OPTIONS = [
     ),
     click.option(
         "--dtype",
-        type=click.Choice(["float32", "float16"]),
+        type=click.Choice(["float32", "float16", "int8", "uint8", "binary", "ubinary"]),
         default="float32",
         show_default=True,
-        help="Stored embedding precision.",
+        help="Stored embedding type, as sentence-transformers' quantize_embeddings: int8/uint8 one "
+        "byte a dim over per-dim ranges (see --calibration, --ranges); binary/ubinary 8 dims a byte "
+        "(bit = value > 0; binary is the byte minus 128, as int8).",
+    ),
+    click.option(
+        "--truncate-dim",
+        type=click.IntRange(1),
+        help="Keep the first N dims of each vector (Matryoshka), L2-normalised again when the model "
+        "normalises; before --dtype.",
+    ),
+    click.option(
+        "--calibration",
+        metavar="FILE",
+        help="int8/uint8: texts (any input format, --text-column) whose vectors fix each dim's "
+        "min and max. Default: the ranges OUTPUT already records (--resume, --append, other parts), "
+        "else the 256 packaged calibration texts.",
+    ),
+    click.option(
+        "--ranges",
+        metavar="OUTPUT_OR_MANIFEST",
+        help="int8/uint8: use the ranges of an earlier output (its folder or manifest.json), so two "
+        "outputs quantize alike.",
     ),
     click.option(
         "--overwrite", is_flag=True, help="Replace an existing output (only this tool's files are removed)."

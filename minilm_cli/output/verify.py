@@ -20,7 +20,7 @@ from .manifest import Manifest, ManifestError, find_manifests, layout_of
 from .merge import settings_mix_problems, stale_merge_problems
 from .tables import read_table
 from .verify_keys import KeyChecks
-from .writers import sha256_of
+from .writers import NUMPY_DTYPES, sha256_of
 
 
 @dataclass
@@ -172,6 +172,8 @@ class _Verifier:
             problems += self.check_schema(shard, entry["files"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
             return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
+        problems += stored_type_problems(embeddings.dtype, settings.get("dtype", "float32"))
+        embeddings = embeddings.astype(np.float32, copy=False)  # every stored type is exact in float32
         problems += self.check_rows(shard, entry, settings, embeddings, meta)
         if not problems and self.keys is not None:
             problems += self.keys.check(entry, embeddings)
@@ -201,8 +203,9 @@ class _Verifier:
             problems.append(
                 f"holds {embeddings.shape[0]} embeddings and {len(ids)} id rows, manifest says {rows}"
             )
-        if rows and embeddings.shape[1] != settings.get("dim"):
-            problems.append(f"dim {embeddings.shape[1]}, manifest says {settings.get('dim')}")
+        width = stored_width(settings.get("dim"), settings.get("dtype", "float32"))
+        if rows and embeddings.shape[1] != width:
+            problems.append(f"{embeddings.shape[1]} values a row, manifest's dim and dtype say {width}")
         bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
         if bad:
             problems.append("1 row holds NaN or Inf" if bad == 1 else f"{bad} rows hold NaN or Inf")
@@ -226,10 +229,10 @@ class _Verifier:
             with self.storage.open_read(os.path.join(self.root, files["embeddings"]["path"])) as f:
                 embeddings = np.load(f)
             meta = read_table(self.storage, os.path.join(self.root, files["metadata"]["path"]))
-            return np.asarray(embeddings, dtype=np.float32), meta
+            return np.asarray(embeddings), meta
         table = read_table(self.storage, os.path.join(self.root, files["data"]["path"]))
         column = table.column("embedding").combine_chunks()
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        values = column.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(-1, column.type.list_size), table.drop_columns(["embedding"])
 
     def parts(self) -> None:
@@ -266,6 +269,22 @@ class _Verifier:
                 rel = layout_rel(os.path.join(folder, name), self.root)
                 if name.startswith("part-") and rel not in self.listed:
                     self.report.problems.append(f"{rel} is not listed in any manifest")
+
+
+def stored_width(dim: object, dtype: str) -> object:
+    """Values a stored row holds: ``dim``, or ``ceil(dim / 8)`` bytes of bits for binary."""
+    return (dim + 7) // 8 if dtype in ("binary", "ubinary") and isinstance(dim, int) else dim
+
+
+def stored_type_problems(stored: np.dtype, dtype: str) -> list[str]:
+    """The embedding's value type is the one --dtype writes (output/writers.py: binary is int8
+    bytes, ubinary uint8 bytes)."""
+    expected = NUMPY_DTYPES.get(dtype)
+    if expected is None:
+        return [f"manifest's dtype {dtype!r} is none this minilm-cli writes"]
+    if stored != np.dtype(expected):
+        return [f"embedding values are {stored}, manifest's dtype {dtype} stores {np.dtype(expected)}"]
+    return []
 
 
 def _document_ids(table: pa.Table, settings: dict) -> pa.ChunkedArray:

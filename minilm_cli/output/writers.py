@@ -26,7 +26,16 @@ from ..sources.values import schema_difference
 from ..storage import PendingFile, Storage, storage_for
 from .layout import Layout
 
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+#: --dtype -> the stored array's numpy type, so the Parquet list's value type (binary is int8
+#: bytes, ubinary uint8 bytes: 8 dims each) and the .npy's dtype
+NUMPY_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "binary": np.int8,
+    "ubinary": np.uint8,
+}
 
 
 @dataclass
@@ -63,6 +72,8 @@ def sha256_of(storage: Storage, path: str) -> str:
 
 
 def embedding_array(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    """``fixed_size_list<dtype>[width]``: int8 for int8 and binary, uint8 for uint8 and ubinary.
+    Quantized rows already hold their stored values (an exact cast here)."""
     values = pa.array(embeddings.astype(NUMPY_DTYPES[dtype], copy=False).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(values, embeddings.shape[1])
 
@@ -276,10 +287,13 @@ class _NpySpool:
 class JsonLinesWriter:
     """``-o -``: one JSON object per row on stdout, for pipes into jq and friends."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, dtype: str = "float32") -> None:
         self.stream = stream or sys.stdout
+        self.integers = dtype not in ("float32", "float16")  # quantized rows: JSON integers
 
     def write(self, chunk: Chunk, embeddings: np.ndarray) -> None:
+        if self.integers:
+            embeddings = embeddings.astype(np.int64)
         meta = metadata_table(chunk).to_pylist()
         lines = []
         for row, vector in zip(meta, embeddings.tolist()):

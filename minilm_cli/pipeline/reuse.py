@@ -23,7 +23,18 @@ from ..output.keyindex import KeyIndex, KeySource, keys_digest
 from ..storage import is_remote, local_path, redact_url
 
 # What must match for an earlier vector to be the one this run would compute.
-SAME_BYTES = ("model", "dim", "pooling", "normalize", "max_length", "precision", "dtype", "overflow")
+SAME_BYTES = (
+    "model",
+    "dim",
+    "pooling",
+    "normalize",
+    "max_length",
+    "precision",
+    "dtype",
+    "truncate_dim",
+    "ranges",
+    "overflow",
+)
 
 
 def reuse_problem(settings: dict, earlier: dict, name: str) -> str | None:
@@ -32,6 +43,8 @@ def reuse_problem(settings: dict, earlier: dict, name: str) -> str | None:
         if key == "model":
             now, then = (now or {}).get("weights_sha256"), (then or {}).get("weights_sha256")
         if now != then:
+            if key == "ranges":  # 2 x dim numbers: too long to quote
+                return f"--reuse {name}: its int8 ranges differ (pass --ranges {name} to use them)"
             return f"--reuse {name}: its {key} differs ({then!r}, this run {now!r})"
     return None
 

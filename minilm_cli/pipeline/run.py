@@ -21,6 +21,7 @@ from ..config import EmbedConfig
 from ..devices import cpu_has_native_bf16
 from ..errors import InputError
 from ..model import Embedder
+from ..model.quantize import StoredForm
 from ..sharding import count_records, plan_splits
 from ..sources import Columns, InputFile, Split, read_file, resolve_inputs, resolve_schema
 from ..sources.parquet import open_parquet
@@ -30,6 +31,7 @@ from .engine import Engine, LocalEngine
 from .result import JobResult
 from .settings import build_embedder, check_config, check_windows, job_columns
 from .stages import Stages
+from .stored import check_stored
 from .threads import Consumer, SignalGuard
 
 Write = Callable[[Chunk, np.ndarray], None]
@@ -133,6 +135,7 @@ def run_job(
     plan = plan_run(cfg, log)
     embedder = embedder or build_embedder(cfg)
     check_windows(cfg, embedder)
+    check_stored(cfg, embedder)
     run = Run(cfg, embedder, plan, engine or LocalEngine(embedder), log, on_rows)
     if cfg.to_stdout:
         from .to_stdout import write_stdout
@@ -163,6 +166,7 @@ class Run:
         self.on_rows = on_rows
         self.result = JobResult(output=cfg.output, overflow=cfg.overflow)
         self.stages: Stages | None = None
+        self.stored: StoredForm | None = None  # set by the sink once OUTPUT is locked (int8 ranges)
         self.record_end = 0
         self.guard = SignalGuard()
 
@@ -175,9 +179,16 @@ class Run:
             from .reuse import ReuseIndex
             from .settings import run_settings
 
-            reuse = ReuseIndex(list(self.cfg.reuse), run_settings(self.cfg, self.embedder))  # bytes only
+            settings = run_settings(self.cfg, self.embedder, stored=self.stored)  # bytes only
+            reuse = ReuseIndex(list(self.cfg.reuse), settings)
         self.stages = Stages(
-            self.cfg, self.embedder, self.plan.splits, record_start, self.plan.schema, reuse=reuse
+            self.cfg,
+            self.embedder,
+            self.plan.splits,
+            record_start,
+            self.plan.schema,
+            reuse=reuse,
+            stored=self.stored,
         )
         return self.stages
 

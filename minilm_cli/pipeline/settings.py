@@ -9,6 +9,7 @@ import pyarrow as pa
 from ..config import ON_ERROR, OVERFLOW, EmbedConfig, kept_problem
 from ..errors import InputError
 from ..model import Embedder
+from ..model.quantize import StoredForm
 from ..sources import Columns
 from .windows import overflow_settings, plan_windows
 
@@ -45,8 +46,12 @@ def run_settings(
     embedder: Embedder,
     columns: list[dict] | None = None,
     formats: frozenset[str] = frozenset(),
+    stored: StoredForm | None = None,
 ) -> dict[str, Any]:
     """Everything that decides the bytes of the output; --resume requires it unchanged.
+
+    ``stored`` (the run's --dtype/--truncate-dim, ranges resolved) sets ``dim`` to the stored
+    row's width and adds ``truncate_dim`` and int8 ``ranges`` when they are set.
 
     ``formats`` are the input formats read. ``tsv_quoting`` is recorded only where it changes
     what is read (a TSV input, quotes quoting): a manifest without it (written before the
@@ -81,6 +86,8 @@ def run_settings(
             "shard_index": cfg.shard_index,
         },
     }
+    if stored is not None:
+        settings.update(stored.settings())
     if "tsv" in formats and cfg.tsv_quoting != "none":
         settings["tsv_quoting"] = cfg.tsv_quoting
     if "txt" in formats:
@@ -137,6 +144,9 @@ def check_config(cfg: EmbedConfig) -> None:
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
     _check_columns(cfg)
     _check_overflow(cfg)
+    from .stored import check_stored  # here, not at the top: stored imports the stage list
+
+    check_stored(cfg)
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")

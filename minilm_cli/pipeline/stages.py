@@ -23,6 +23,7 @@ import numpy as np
 from ..batching import Chunk, chunk_rows
 from ..config import EmbedConfig
 from ..model import Embedder
+from ..model.quantize import StoredForm
 from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
 from .dedup import CAPACITY, RowExpander, RowPlanner, TruncatedRows
 from .settings import job_columns
@@ -51,6 +52,7 @@ class Stages:
     input_records: list[dict] = field(default_factory=list)  # each split's [start, end) of records
     on_batch: Callable[[int], None] | None = None  # told each model batch's rows (progress)
     truncation: TruncatedRows | None = None  # counts truncated texts of copied and reused rows too
+    stored: StoredForm | None = None  # --dtype / --truncate-dim: applied by a model stage
 
     def __post_init__(self) -> None:
         from .windows import add_stages
@@ -61,6 +63,20 @@ class Stages:
             self.truncation = TruncatedRows(capacity, self.overflows)
             self.model_stages.append(expand_rows(RowExpander(capacity)))
         add_stages(self)  # --overflow split / mean / reject: windows replace the plain tokenizer
+        if self.stored is not None and self.stored.changes_vectors:
+            self._add_store_stage()
+
+    def _add_store_stage(self) -> None:
+        """Truncate and quantize right after the model, so that dedup copies and --reuse
+        vectors (an earlier output's stored rows) are all in the stored form; under
+        --overflow mean (no --reuse there) only after the windows are merged."""
+        from .stored import store_stage
+
+        stage = store_stage(self.stored)  # type: ignore[arg-type]
+        if self.cfg.overflow == "mean":
+            self.model_stages.append(stage)
+        else:
+            self.model_stages.insert(0, stage)
 
     @property
     def columns(self) -> Columns:

@@ -15,6 +15,7 @@ from ..sources import schema_to_json
 from .result import JobResult
 from .run import Plan, Run
 from .settings import formats_read, metadata_schema, run_settings
+from .stored import stored_form
 
 
 def write_directory(run: Run) -> JobResult:
@@ -42,6 +43,7 @@ def write_directory(run: Run) -> JobResult:
 
 def _write(run: Run, session: OutputSession) -> JobResult:
     cfg = run.cfg
+    run.stored = stored_form(cfg, run.embedder, run.log)  # under the lock: may read OUTPUT's ranges
     resume = cfg.resume
     if cfg.append:
         appended = _start_append(run, session)
@@ -51,7 +53,7 @@ def _write(run: Run, session: OutputSession) -> JobResult:
     stages = run.open_stages()
     assignment = {"splits": [s.to_json() for s in run.plan.splits], "record_start": stages.record_start}
     point = session.start(
-        run_settings(cfg, run.embedder, columns_json(run), formats_read(run.plan.files)),
+        run_settings(cfg, run.embedder, columns_json(run), formats_read(run.plan.files), run.stored),
         [f.fingerprint() for f in run.plan.files],
         run.engine.runtime(),
         assignment,
@@ -124,7 +126,7 @@ def _start_append(run: Run, session: OutputSession) -> JobResult | bool:
         return [s.to_json() for s in part.splits], record_start + part.record_start(cfg)
 
     started = session.start_append(
-        run_settings(cfg, run.embedder, columns_json(run), formats_read(run.plan.files)),
+        run_settings(cfg, run.embedder, columns_json(run), formats_read(run.plan.files), run.stored),
         [f.fingerprint() for f in run.plan.files],
         run.engine.runtime(),
         stretch if cfg.num_shards > 1 else None,

@@ -11,10 +11,14 @@ from ..batching import Chunk
 from ..output import JsonLinesWriter
 from .result import JobResult
 from .run import Run
+from .stored import stored_form
 
 
 def write_stdout(run: Run) -> JobResult:
-    writer = JsonLinesWriter()
+    """--dtype on stdout: int8/uint8/binary/ubinary rows are JSON integers (ranges as the flags
+    say, else the packaged calibration texts'); float16 is a shard type, stdout keeps float32."""
+    run.stored = stored_form(run.cfg, run.embedder, run.log, own_output=False)
+    writer = JsonLinesWriter(dtype=run.cfg.dtype)
     stages = run.open_stages()
 
     def write(chunk: Chunk, embeddings: np.ndarray) -> None:
