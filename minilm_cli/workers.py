@@ -53,10 +53,19 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))
+    host = cfg.host_workers
+    if host is None and any(not d.startswith("cpu") for d in devices):
+        host = max(1, usable_cpus() // len(devices) - 1)  # each GPU's share of the spare cores
     procs = []
     for index, device in enumerate(devices):
         worker_cfg = replace(
-            cfg, device=device, num_shards=len(devices), shard_index=index, quiet=True, threads=threads
+            cfg,
+            device=device,
+            num_shards=len(devices),
+            shard_index=index,
+            quiet=True,
+            threads=threads,
+            host_workers=host,
         )
         proc = ctx.Process(
             target=_worker,
