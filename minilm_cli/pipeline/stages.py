@@ -131,12 +131,16 @@ class Stages:
         """texts -> token ids -> padded batches, on the host workers (in input order); the
         truncated count remembers texts across chunks, so it runs here, in order, after."""
         workers = host_workers(self.cfg.host_workers, self.embedder.device)
-        for chunk, seconds in ordered_map(self._tokenize_chunk, chunks, workers):
-            for name, s in seconds.items():
-                self.timers[name] += s
-            if self.truncation is not None and chunk.dedup is not None and chunk.keys is not None:
-                chunk.truncated = self.truncation.count(chunk)
-            yield chunk
+        tokenized = ordered_map(self._tokenize_chunk, chunks, workers)
+        try:
+            for chunk, seconds in tokenized:
+                for name, s in seconds.items():
+                    self.timers[name] += s
+                if self.truncation is not None and chunk.dedup is not None and chunk.keys is not None:
+                    chunk.truncated = self.truncation.count(chunk)
+                yield chunk
+        finally:
+            tokenized.close()  # the pool's threads end with the run (the exit joins non-daemon threads)
 
     def _tokenize_chunk(self, chunk: Chunk) -> tuple[Chunk, dict[str, float]]:
         """One chunk's model input (pure: any thread, any order); and the seconds it took."""
