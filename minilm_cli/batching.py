@@ -11,7 +11,7 @@ batches, long ones in small, and little compute is spent on padding.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +50,42 @@ class Chunk:
         return self.tokens.truncated if self.tokens is not None else 0
 
 
+class FlatIds:
+    """Rows of token ids as one flat int32 array and row offsets: no Python object per row,
+    so a chunk's ids pad in a few vectorised steps and travel between threads or processes
+    as two buffers. ``ids[i]`` is row i (a view); ``len(ids)`` the rows."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        self.values = values  # int32, every row's ids end to end
+        self.offsets = offsets  # int64, rows + 1: row i is values[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[np.ndarray]) -> FlatIds:
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(rows).astype(np.int32) if len(rows) else np.zeros(0, np.int32)
+        return cls(values, offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.values[self.offsets[row] : self.offsets[row + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass
 class TokenizedChunk:
     """Token ids of a chunk, and the batches to run them in."""
 
-    ids: list[np.ndarray]
+    ids: FlatIds
     lengths: np.ndarray
     truncated: int
     batches: list[Batch] = field(default_factory=list)
@@ -240,13 +271,16 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int, batch_size: int) -> lis
     return groups
 
 
-def pad_batch(ids: list[np.ndarray], lengths: np.ndarray, rows: np.ndarray, pad_id: int) -> Batch:
-    """Right-pad the rows' token ids into one int64 matrix and its attention mask."""
-    width = int(lengths[rows].max())
+def pad_batch(
+    ids: FlatIds | Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray, pad_id: int
+) -> Batch:
+    """Right-pad the rows' token ids into one int64 matrix and its attention mask, in a few
+    whole-array steps (no Python loop over rows)."""
+    flat = ids if isinstance(ids, FlatIds) else FlatIds.from_rows(ids)
+    n = lengths[rows]
+    width = int(n.max())
+    columns = np.arange(width)
+    real = columns < n[:, None]
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for k, row in enumerate(rows):
-        n = lengths[row]
-        input_ids[k, :n] = ids[row]
-        mask[k, :n] = 1
-    return Batch(rows, input_ids, mask)
+    input_ids[real] = flat.values[(flat.offsets[rows][:, None] + columns)[real]]
+    return Batch(rows, input_ids, real.astype(np.int64))

@@ -83,6 +83,7 @@ class EmbedConfig:
     quiet: bool = False
     compile: bool = False
     threads: int | None = None
+    host_workers: int | None = None  # tokenizing processes beside the reader; None: per device
     dedup: bool = True  # each distinct text through the model once per shard
     append: bool = False  # add the inputs OUTPUT does not hold yet, as a new generation
     reuse: tuple[str, ...] = ()  # earlier outputs whose vectors rows with the same text take

@@ -54,11 +54,20 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))
+    host = cfg.host_workers
+    if host is None and any(not d.startswith("cpu") for d in devices):
+        host = max(1, usable_cpus() // len(devices) - 1)  # each GPU's share of the spare cores
     procs = []
     since = time.time_ns() - 2_000_000_000 if cfg.overwrite else None  # older: the replaced run's
     for index, device in enumerate(devices):
         worker_cfg = replace(
-            cfg, device=device, num_shards=len(devices), shard_index=index, quiet=True, threads=threads
+            cfg,
+            device=device,
+            num_shards=len(devices),
+            shard_index=index,
+            quiet=True,
+            threads=threads,
+            host_workers=host,
         )
         if index and calibrates(cfg):  # worker 0 calibrates; the others take its ranges
             ranges = _first_ranges(procs[0], os.path.join(cfg.output, manifest_name(0, len(devices))), since)

@@ -113,6 +113,7 @@ def config_from_options(inputs: tuple[str, ...], output: str, opts: dict[str, An
         reuse=tuple(opts["reuse"]),
         append=opts["append"],
         threads=opts["threads"],
+        host_workers=opts["host_workers"],
         num_shards=num_shards,
         shard_index=shard_index,
     )

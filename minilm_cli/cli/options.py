@@ -294,6 +294,15 @@ _EMBED_OPTIONS = [
         help="CPU threads for the model. Default: the cores this process may use.",
     ),
     click.option(
+        "--host-workers",
+        type=click.IntRange(0),
+        callback=at_most(MAX_THREADS),
+        envvar="MINILM_HOST_WORKERS",
+        help="Threads that tokenize and pad chunks beside the reader (0: on the reader thread). "
+        "Output bytes are the same for any count. Default: 1 on a CPU, every spare core on a "
+        "GPU. [env MINILM_HOST_WORKERS]",
+    ),
+    click.option(
         "--num-shards",
         type=click.IntRange(1),
         callback=at_most(MAX_SHARDS),

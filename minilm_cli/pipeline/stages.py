@@ -26,7 +26,11 @@ from ..model import Embedder
 from ..model.quantize import StoredForm
 from ..sources import CheckedRows, Columns, RawRows, Split, check_rows, read_file
 from .dedup import CAPACITY, RowExpander, RowPlanner, TruncatedRows
+from .host import host_workers, ordered_map
 from .settings import job_columns
+
+# Seconds per stage, summed over the threads that run it (so they may add up past the wall time).
+TIMERS = ("read", "check", "tokenize", "pad", "model", "write")
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
 ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
@@ -43,7 +47,7 @@ class Stages:
     splits: list[Split]
     record_start: int  # global record number of this part's first record
     schema: object | None = None  # the resolved id + kept columns' schema, or None
-    timers: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "model": 0.0, "write": 0.0})
+    timers: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
     row_stages: list[RowStage] = field(default_factory=list)
     chunk_stages: list[ChunkStage] = field(default_factory=list)
     record_checks: list[RecordCheck] = field(default_factory=list)
@@ -105,22 +109,30 @@ class Stages:
     def checked_rows(self, skip_records: int) -> Iterator[CheckedRows]:
         """read -> check, over this part's splits; records before ``skip_records`` are read
         past without being checked (they are in finished shards: --resume)."""
-        cfg = self.cfg
+        cfg, timers = self.cfg, self.timers
         record = self.record_start
         self.input_records = []
         for split in self.splits:
             start = record
-            for raw in self._read(split):
+            blocks = iter(self._read(split))
+            while True:
+                t = time.perf_counter()
+                raw = next(blocks, None)
+                timers["read"] += time.perf_counter() - t
+                if raw is None:
+                    break
                 end = record + len(raw)
                 if end < skip_records or (len(raw) and end == skip_records):
                     record = end
                     continue
+                t = time.perf_counter()
                 checked = check_rows(raw, record, cfg.encoding_errors, cfg.on_error)
                 record = end
                 if skip_records > checked.first_record:
                     checked = checked.drop_before(skip_records)
                 for check in self.record_checks:
                     checked = check(raw, checked)
+                timers["check"] += time.perf_counter() - t
                 yield checked
             self.input_records.append({"path": split.file.key, "start": start, "end": record})
 
@@ -132,21 +144,37 @@ class Stages:
         )
 
     def tokenize(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        for chunk in chunks:
-            t = time.perf_counter()
-            texts = chunk.texts if chunk.dedup is None else [chunk.texts[i] for i in chunk.dedup.unique_rows]
-            if texts:
-                texts = [clip_text(text, self.embedder) for text in texts]
-                chunk.tokens = self.embedder.tokenize(texts)
-            if self.truncation is not None and chunk.dedup is not None and chunk.keys is not None:
-                chunk.truncated = self.truncation.count(chunk)
-            self.timers["read"] += time.perf_counter() - t
-            yield chunk
+        """texts -> token ids -> padded batches, on the host workers (in input order); the
+        truncated count remembers texts across chunks, so it runs here, in order, after."""
+        workers = host_workers(self.cfg.host_workers, self.embedder.device)
+        tokenized = ordered_map(self._tokenize_chunk, chunks, workers)
+        try:
+            for chunk, seconds in tokenized:
+                for name, s in seconds.items():
+                    self.timers[name] += s
+                if self.truncation is not None and chunk.dedup is not None and chunk.keys is not None:
+                    chunk.truncated = self.truncation.count(chunk)
+                yield chunk
+        finally:
+            tokenized.close()  # the pool's threads end with the run (the exit joins non-daemon threads)
+
+    def _tokenize_chunk(self, chunk: Chunk) -> tuple[Chunk, dict[str, float]]:
+        """One chunk's model input (pure: any thread, any order); and the seconds it took."""
+        t = time.perf_counter()
+        texts = chunk.texts if chunk.dedup is None else [chunk.texts[i] for i in chunk.dedup.unique_rows]
+        if not texts:
+            return chunk, {}
+        embedder = self.embedder
+        ids, lengths, overflowed = embedder.token_ids([clip_text(text, embedder) for text in texts])
+        tokenized = time.perf_counter()
+        chunk.tokens = embedder.batch_ids(ids, lengths, sum(overflowed))
+        chunk.tokens.overflowed = overflowed
+        return chunk, {"tokenize": tokenized - t, "pad": time.perf_counter() - tokenized}
 
     def overflows(self, texts: list[str]) -> list[bool]:
         """Whether each text is longer than --max-length tokens (it is truncated)."""
         clipped = [clip_text(text, self.embedder) for text in texts]
-        return [bool(e.overflowing) for e in self.embedder.tokenizer.encode_batch(clipped)]
+        return [bool(e.overflowing) for e in self.embedder.encode(clipped)]
 
 
 CHARS_PER_TOKEN_GUESS = 16  # a prefix this many chars per token long almost always overflows

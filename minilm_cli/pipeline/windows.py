@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..batching import Chunk, TokenizedChunk
+from ..batching import Chunk, FlatIds, TokenizedChunk
 from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
@@ -297,25 +297,30 @@ def tokenize_windows(
                     planner.plan(chunk, token_keys(rows))
                     column = column.take(pa.array(chunk.dedup.unique_rows, pa.int64()))
                 chunk.tokens = window_tokens(plan, embedder, column)
-            timers["read"] += time.perf_counter() - t
+            timers["tokenize"] += time.perf_counter() - t
             yield chunk
 
     return stage
 
 
 def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> TokenizedChunk:
-    offsets = column.offsets.to_numpy()
+    """[CLS] + each window's ids + [SEP], written into one flat array (no array per row)."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
     values = column.values.to_numpy()
     head, tail = len(plan.prefix), len(plan.suffix)
-    ids: list[np.ndarray] = []
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        row = np.empty(head + (b - a) + tail, dtype=np.int64)
-        row[:head] = plan.prefix
-        row[head : head + (b - a)] = values[a:b]
-        row[head + (b - a) :] = plan.suffix
-        ids.append(row)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    return embedder.batch_ids(ids, lengths, truncated=0)
+    lengths = np.diff(offsets) + head + tail
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    flat = np.empty(int(bounds[-1]), dtype=np.int32)
+    body = np.ones(len(flat), dtype=bool)
+    for k, token in enumerate(plan.prefix):
+        flat[bounds[:-1] + k] = token
+        body[bounds[:-1] + k] = False
+    for k, token in enumerate(plan.suffix):
+        flat[bounds[1:] - tail + k] = token
+        body[bounds[1:] - tail + k] = False
+    flat[body] = values[offsets[0] : offsets[-1]]
+    return embedder.batch_ids(FlatIds(flat, bounds), lengths, truncated=0)
 
 
 # ---------------------------------------------------------------------------- record check: reject
