@@ -1,0 +1,351 @@
+"""The Spark engine: our readers and sink on the driver, the model on Spark's executors.
+
+    minilm embed data/*.parquet -o out/ --engine spark [--spark-master local[*]]
+
+The driver runs the local engine's stage list (read, check, chunk, tokenize) and its sink
+(shards, commit markers, rejects, manifest). Only the model runs on Spark: a window of
+tokenized chunks becomes a DataFrame of one row per chunk (its token ids), ``mapInArrow``
+embeds each on an executor's Python worker (one Embedder per worker process, reused across
+tasks), and the driver puts the vectors back in chunk order. So ids, rejects, kept columns,
+``--resume``, ``--append``, ``--reuse`` and ``--overflow`` are the local engine's, and a
+task that Spark retries only recomputes vectors: nothing is written from an executor.
+
+For your own Spark jobs: ``embed_dataframe(df, text_column="text", ...)`` returns ``df`` with
+an ``embedding`` column (``array<float>``, null where the row was rejected) and a
+``reject_reason`` column. Spark is an optional extra: ``pip install '.[spark]'`` in a clone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .batching import Chunk
+from .config import EmbedConfig
+from .devices import choose_precision
+from .errors import InputError
+from .pipeline import JobResult, build_embedder, run_job
+from .pipeline.engine import embedder_runtime, empty
+from .pipeline.threads import Producer
+from .sources import check_text
+
+# A test hook: the first attempt of the first task of each Spark job fails, so a retry runs.
+FAIL_ONCE_ENV = "MINILM_SPARK_FAIL_FIRST_ATTEMPT"
+# Chunks per Spark job at most: the driver holds two windows of token ids and vectors.
+MAX_WINDOW = 64
+TOKENS_SCHEMA = "seq int, lengths binary, ids binary"
+VECTORS_SCHEMA = "seq int, vectors binary"
+
+_EMBEDDERS: dict[tuple, Any] = {}  # one Embedder per Python worker process and settings
+
+
+def _pyspark() -> Any:
+    try:
+        import pyspark.sql
+    except ImportError:
+        raise InputError(
+            "--engine spark needs PySpark: pip install 'pyspark>=3.5' (or '.[spark]' in a clone)"
+        ) from None
+    return pyspark.sql
+
+
+def _java_missing() -> bool:
+    home = os.environ.get("JAVA_HOME")
+    return not (home and os.path.exists(os.path.join(home, "bin", "java"))) and not shutil.which("java")
+
+
+# -- the executor side: one Embedder per Python worker, built on its first task
+
+
+def worker_embedder(options: dict[str, Any]) -> Any:
+    """The worker's Embedder for these settings, built once and reused across tasks (Spark
+    keeps a Python worker between tasks with spark.python.worker.reuse, its default)."""
+    from pyspark import TaskContext
+
+    from .model import Embedder
+
+    options = dict(options)
+    task = TaskContext.get()
+    if task is not None:
+        gpus = task.resources().get("gpu")
+        if gpus is not None and gpus.addresses and options.get("device", "auto") in ("auto", "cuda"):
+            options["device"] = f"cuda:{gpus.addresses[0]}"  # the GPU Spark gave this task
+        if not options.get("threads") and options.get("device") == "cpu":
+            options["threads"] = task.cpus()  # the task's cores (spark.task.cpus), not the machine's
+    key = tuple(sorted(options.items()))
+    if key not in _EMBEDDERS:
+        _EMBEDDERS.clear()  # settings changed: free the old model first
+        _EMBEDDERS[key] = Embedder(**options)
+    return _EMBEDDERS[key]
+
+
+def _fail_first_attempt() -> None:
+    from pyspark import TaskContext
+
+    task = TaskContext.get()
+    if task is not None and task.partitionId() == 0 and task.attemptNumber() == 0:
+        raise RuntimeError(f"{FAIL_ONCE_ENV}: this attempt fails on purpose")
+
+
+def embed_token_rows(options: dict[str, Any], fail_once: bool = False) -> Any:
+    """The mapInArrow function of the engine: (seq, lengths, ids) rows to (seq, vectors)."""
+
+    def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        embedder = worker_embedder(options)
+        for batch in batches:
+            if fail_once:
+                _fail_first_attempt()
+            seqs, vectors = [], []
+            for seq, lengths, ids in zip(*(batch.column(i).to_pylist() for i in range(3))):
+                lengths = np.frombuffer(lengths, dtype=np.int32).astype(np.int64)
+                flat = np.frombuffer(ids, dtype=np.int32).astype(np.int64)
+                rows = np.split(flat, np.cumsum(lengths)[:-1])
+                chunk = embedder.batch_ids(rows, lengths, 0)  # this worker's batches, for its device
+                seqs.append(seq)
+                vectors.append(embedder.run(chunk).tobytes())
+            yield pa.record_batch(
+                [pa.array(seqs, pa.int32()), pa.array(vectors, pa.binary())], ["seq", "vectors"]
+            )
+
+    return embed
+
+
+def embed_text_batches(text_column: str, encoding_errors: str, options: dict[str, Any]) -> Any:
+    """The mapInArrow function of embed_dataframe: each Arrow batch plus its vectors."""
+
+    def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        embedder = worker_embedder(options)
+        for batch in batches:
+            texts, reasons = [], []
+            for value in batch.column(text_column).to_pylist():
+                text, reason = check_text(value, encoding_errors)
+                reasons.append(reason)
+                if reason is None:
+                    texts.append(text)
+            good = np.array([r is None for r in reasons], dtype=bool)
+            full = np.zeros((len(reasons), embedder.dim), dtype=np.float32)
+            full[good] = embedder.embed(texts)  # length-sorted, token-budget batches, input order
+            offsets = pa.array(np.arange(len(reasons) + 1, dtype=np.int32) * embedder.dim)
+            embedding = pa.ListArray.from_arrays(offsets, pa.array(full.reshape(-1)), mask=pa.array(~good))
+            columns = [*batch.columns, embedding, pa.array(reasons, pa.string())]
+            yield pa.record_batch(columns, [*batch.schema.names, "embedding", "reject_reason"])
+
+    return embed
+
+
+def embed_dataframe(
+    df: Any, text_column: str = "text", *, encoding_errors: str = "strict", **embedder_options: Any
+) -> Any:
+    """``df`` plus ``embedding`` (array<float>, null when rejected) and ``reject_reason``
+    (null when fine), every other column and the row order kept.
+
+    ``embedder_options`` are Embedder's: model, device, precision, pooling, normalize,
+    max_length, batch_size, batch_tokens, threads. The rows of one Arrow batch
+    (spark.sql.execution.arrow.maxRecordsPerBatch) are length-sorted and batched together.
+    A task given a GPU (spark.task.resource.gpu.amount) runs on that GPU.
+    """
+    sql = _pyspark()
+    types = sql.types
+    if "model" in embedder_options and embedder_options["model"] is not None:
+        embedder_options["model"] = str(embedder_options["model"])
+    schema = types.StructType(
+        [
+            *df.schema.fields,
+            types.StructField("embedding", types.ArrayType(types.FloatType()), True),
+            types.StructField("reject_reason", types.StringType(), True),
+        ]
+    )
+    return df.mapInArrow(embed_text_batches(text_column, encoding_errors, embedder_options), schema)
+
+
+# -- the driver side
+
+
+def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
+    """`minilm embed --engine spark`: our readers and sink here, the model on Spark."""
+    spark = spark_session(master, cfg.quiet)
+    gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    # The driver only reads and tokenizes, on its CPU; precision is resolved here, once, for
+    # the manifest's settings and every worker (a GPU worker's auto is bf16).
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if gpus else choose_precision("auto", _cpu())
+    driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu", "precision": precision}))
+    engine = SparkEngine(cfg, spark, driver, gpus)
+    return run_job(cfg, driver, engine=engine)
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+def spark_session(master: str | None, quiet: bool = True) -> Any:
+    """The active session (spark-submit, a notebook, a test), a Spark Connect one
+    (SPARK_REMOTE), or a new local one on ``master`` (default local[*])."""
+    sql = _pyspark()
+    active = sql.SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = sql.SparkSession.builder.appName("minilm")
+    if not os.environ.get("SPARK_REMOTE") and not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        if _java_missing():
+            raise InputError(
+                "--engine spark needs Java 17+ for a local Spark: install a JDK or set JAVA_HOME"
+            )
+        master = master or "local[*]"
+        builder = builder.master(master).config("spark.ui.enabled", "false")
+        if master.startswith("local"):  # a local Spark listens on loopback only
+            builder = builder.config("spark.driver.host", "127.0.0.1")
+            builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
+        builder = builder.config(
+            "spark.ui.showConsoleProgress", str(not quiet and sys.stderr.isatty()).lower()
+        )
+        builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+    session = builder.getOrCreate()
+    if quiet and hasattr(session, "sparkContext"):
+        try:
+            session.sparkContext.setLogLevel("ERROR")
+        except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+            pass
+    return session
+
+
+class SparkEngine:
+    """The local engine's reader-thread chunks, their model work done by Spark jobs of up to
+    a window of chunks each, two jobs in flight, vectors handed on in chunk order."""
+
+    name = "spark"
+
+    def __init__(self, cfg: EmbedConfig, spark: Any, driver: Any, gpus: bool) -> None:
+        self.cfg = cfg
+        self.spark = spark
+        self.driver = driver
+        self.gpus = gpus
+        device = "auto" if gpus or cfg.device.startswith("cuda") else "cpu"
+        self.options = {
+            "model": str(driver.source.path),
+            "device": device,
+            "precision": driver.precision,
+            "pooling": driver.pooling,
+            "normalize": driver.normalize,
+            "max_length": driver.max_length,
+            "batch_size": cfg.batch_size,  # None: the worker's device default
+            "batch_tokens": cfg.batch_tokens,
+            "threads": cfg.threads,
+        }
+        self.window = max(1, min(int(_parallelism(spark)), MAX_WINDOW))
+        self.fail_once = bool(os.environ.get(FAIL_ONCE_ENV))
+        self.group = f"minilm-{os.getpid()}-{id(self)}"
+
+    def embedded_chunks(
+        self, stages: Any, first_row: int, first_record: int
+    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+        reader = Producer(lambda: stages.chunks(first_row, first_record), "minilm-reader")
+        pool = ThreadPoolExecutor(2, thread_name_prefix="minilm-spark")
+        pending: deque[tuple[list[Chunk], Future]] = deque()
+        try:
+            for window in _windows(reader, self.window):
+                pending.append((window, pool.submit(self._embed_in_group, window)))
+                if len(pending) > 1:
+                    yield from self._finished(pending.popleft(), stages)
+            while pending:
+                yield from self._finished(pending.popleft(), stages)
+        finally:
+            reader.close()
+            if pending:  # stopped early (a signal, a failure): stop our jobs, not the session's others
+                _cancel(self.spark, self.group)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _embed_in_group(self, window: list[Chunk]) -> dict[int, np.ndarray]:
+        try:
+            self.spark.sparkContext.setJobGroup(self.group, "minilm embed", interruptOnCancel=True)
+        except Exception:  # noqa: BLE001 - Spark Connect: no job groups
+            pass
+        return self.embed_window(window)
+
+    def _finished(self, item: tuple[list[Chunk], Future], stages: Any) -> Iterator[tuple[Chunk, np.ndarray]]:
+        window, future = item
+        t = time.perf_counter()
+        vectors = future.result()
+        stages.timers["model"] += time.perf_counter() - t  # the wait for Spark, not its work
+        for seq, chunk in enumerate(window):
+            yield chunk, vectors.get(seq, empty(self.driver.dim))
+
+    def embed_window(self, window: list[Chunk]) -> dict[int, np.ndarray]:
+        """One Spark job: each chunk's token ids to its vectors, by position in the window."""
+        rows = [_token_row(seq, c) for seq, c in enumerate(window) if c.tokens and c.tokens.ids]
+        if not rows:
+            return {}
+        frame = _frame(self.spark, rows)
+        out = frame.mapInArrow(embed_token_rows(self.options, self.fail_once), VECTORS_SCHEMA).collect()
+        dim = self.driver.dim
+        vectors = {
+            row["seq"]: np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, dim) for row in out
+        }
+        if sorted(vectors) != [seq for seq, _, _ in rows] or len(out) != len(rows):
+            raise RuntimeError(f"Spark returned {len(out)} chunks of vectors for {len(rows)}")
+        return vectors
+
+    def runtime(self) -> dict[str, Any]:
+        """What the workers ran: their device, the driver's precision, the Spark they ran on."""
+        from pyspark import __version__ as pyspark_version
+
+        runtime = embedder_runtime(self.driver, self.name)
+        runtime.update(
+            device="spark gpu" if self.gpus else "spark " + self.options["device"],
+            batch_size=self.cfg.batch_size,
+            batch_tokens=self.cfg.batch_tokens,
+            spark={"version": pyspark_version, "window": self.window},
+        )
+        return runtime
+
+
+def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
+    window: list[Chunk] = []
+    for chunk in chunks:
+        window.append(chunk)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _token_row(seq: int, chunk: Chunk) -> tuple[int, bytes, bytes]:
+    tokens = chunk.tokens
+    lengths = np.asarray(tokens.lengths, dtype=np.int32)
+    return seq, lengths.tobytes(), np.concatenate(tokens.ids).astype(np.int32).tobytes()
+
+
+def _parallelism(spark: Any) -> int:
+    try:
+        return spark.sparkContext.defaultParallelism
+    except Exception:  # noqa: BLE001 - Spark Connect: no SparkContext
+        return int(spark.conf.get("spark.default.parallelism", "8"))
+
+
+def _cancel(spark: Any, group: str) -> None:
+    try:
+        spark.sparkContext.cancelJobGroup(group)
+    except Exception:  # noqa: BLE001 - Spark Connect, or a session already stopped
+        pass
+
+
+def _frame(spark: Any, rows: list[tuple]) -> Any:
+    """A DataFrame of one chunk per partition, so each chunk is one task."""
+    try:
+        rdd = spark.sparkContext.parallelize(rows, len(rows))
+    except Exception:  # noqa: BLE001 - Spark Connect: a local relation, spread by a shuffle
+        return spark.createDataFrame(rows, TOKENS_SCHEMA).repartition(len(rows))
+    return spark.createDataFrame(rdd, TOKENS_SCHEMA)
