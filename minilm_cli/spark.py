@@ -38,7 +38,8 @@ from .pipeline.engine import embedder_runtime, empty
 from .pipeline.threads import Producer
 from .sources import check_text
 
-# A test hook: the first attempt of the first task of each Spark job fails, so a retry runs.
+# A test hook: the first attempt of the first task of each Spark job fails (after leaving a
+# file in the folder this names), so Spark's retry runs.
 FAIL_ONCE_ENV = "MINILM_SPARK_FAIL_FIRST_ATTEMPT"
 # Chunks per Spark job at most: the driver holds two windows of token ids and vectors.
 MAX_WINDOW = 64
@@ -88,22 +89,24 @@ def worker_embedder(options: dict[str, Any]) -> Any:
     return _EMBEDDERS[key]
 
 
-def _fail_first_attempt() -> None:
+def _fail_first_attempt(folder: str) -> None:
     from pyspark import TaskContext
 
     task = TaskContext.get()
     if task is not None and task.partitionId() == 0 and task.attemptNumber() == 0:
+        with open(os.path.join(folder, f"stage-{task.stageId()}-failed"), "w"):
+            pass
         raise RuntimeError(f"{FAIL_ONCE_ENV}: this attempt fails on purpose")
 
 
-def embed_token_rows(options: dict[str, Any], fail_once: bool = False) -> Any:
+def embed_token_rows(options: dict[str, Any], fail_once: str | None = None) -> Any:
     """The mapInArrow function of the engine: (seq, lengths, ids) rows to (seq, vectors)."""
 
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         embedder = worker_embedder(options)
         for batch in batches:
             if fail_once:
-                _fail_first_attempt()
+                _fail_first_attempt(fail_once)
             seqs, vectors = [], []
             for seq, lengths, ids in zip(*(batch.column(i).to_pylist() for i in range(3))):
                 lengths = np.frombuffer(lengths, dtype=np.int32).astype(np.int64)
@@ -206,6 +209,7 @@ def spark_session(master: str | None, quiet: bool = True) -> Any:
         master = master or "local[*]"
         builder = builder.master(master).config("spark.ui.enabled", "false")
         if master.startswith("local"):  # a local Spark listens on loopback only
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             builder = builder.config("spark.driver.host", "127.0.0.1")
             builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
         builder = builder.config(
@@ -245,7 +249,7 @@ class SparkEngine:
             "threads": cfg.threads,
         }
         self.window = max(1, min(int(_parallelism(spark)), MAX_WINDOW))
-        self.fail_once = bool(os.environ.get(FAIL_ONCE_ENV))
+        self.fail_once = os.environ.get(FAIL_ONCE_ENV) or None
         self.group = f"minilm-{os.getpid()}-{id(self)}"
 
     def embedded_chunks(
