@@ -33,17 +33,18 @@ from .batching import Chunk
 from .config import EmbedConfig
 from .devices import choose_precision
 from .errors import InputError
+from .model import BATCH_DEFAULTS
 from .pipeline import JobResult, build_embedder, run_job
-from .pipeline.engine import embedder_runtime, empty
+from .pipeline.engine import embedder_runtime
 from .pipeline.threads import Producer
 from .sources import check_text
 
-# A test hook: the first attempt of the first task of each Spark job fails (after leaving a
-# file in the folder this names), so Spark's retry runs.
+# A test hook: the first task attempt of a run fails once, leaving a file in the (empty)
+# folder this names, so Spark's retry runs; later tasks see the file and run normally.
 FAIL_ONCE_ENV = "MINILM_SPARK_FAIL_FIRST_ATTEMPT"
-# Chunks per Spark job at most: the driver holds two windows of token ids and vectors.
+# Chunks per Spark job at most: the driver holds two or three windows of tokens and vectors.
 MAX_WINDOW = 64
-TOKENS_SCHEMA = "seq int, lengths binary, ids binary"
+TOKENS_SCHEMA = "seq int, lengths binary, ids binary, sizes binary"
 VECTORS_SCHEMA = "seq int, vectors binary"
 
 _EMBEDDERS: dict[tuple, Any] = {}  # one Embedder per Python worker process and settings
@@ -93,14 +94,15 @@ def _fail_first_attempt(folder: str) -> None:
     from pyspark import TaskContext
 
     task = TaskContext.get()
-    if task is not None and task.partitionId() == 0 and task.attemptNumber() == 0:
-        with open(os.path.join(folder, f"stage-{task.stageId()}-failed"), "w"):
+    if task is not None and task.attemptNumber() == 0 and not os.listdir(folder):
+        with open(os.path.join(folder, f"stage-{task.stageId()}-partition-{task.partitionId()}"), "w"):
             pass
         raise RuntimeError(f"{FAIL_ONCE_ENV}: this attempt fails on purpose")
 
 
 def embed_token_rows(options: dict[str, Any], fail_once: str | None = None) -> Any:
-    """The mapInArrow function of the engine: (seq, lengths, ids) rows to (seq, vectors)."""
+    """The mapInArrow function of the engine: (seq, lengths, ids, sizes) rows, each some
+    whole batches the driver planned, to (seq, vectors) in the rows' order."""
 
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         embedder = worker_embedder(options)
@@ -108,11 +110,12 @@ def embed_token_rows(options: dict[str, Any], fail_once: str | None = None) -> A
             if fail_once:
                 _fail_first_attempt(fail_once)
             seqs, vectors = [], []
-            for seq, lengths, ids in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            for seq, lengths, ids, sizes in zip(*(batch.column(i).to_pylist() for i in range(4))):
                 lengths = np.frombuffer(lengths, dtype=np.int32).astype(np.int64)
-                flat = np.frombuffer(ids, dtype=np.int32).astype(np.int64)
-                rows = np.split(flat, np.cumsum(lengths)[:-1])
-                chunk = embedder.batch_ids(rows, lengths, 0)  # this worker's batches, for its device
+                rows = np.split(np.frombuffer(ids, dtype=np.int32).astype(np.int64), np.cumsum(lengths)[:-1])
+                ends = np.cumsum(np.frombuffer(sizes, dtype=np.int32))
+                plan = [np.arange(start, end) for start, end in zip(np.r_[0, ends[:-1]], ends)]
+                chunk = embedder.batch_ids(rows, lengths, 0, plan=plan)  # the local engine's batches
                 seqs.append(seq)
                 vectors.append(embedder.run(chunk).tobytes())
             yield pa.record_batch(
@@ -182,7 +185,12 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if gpus else choose_precision("auto", _cpu())
-    driver = build_embedder(EmbedConfig(**{**cfg.__dict__, "device": "cpu", "precision": precision}))
+    # The driver plans the batches the workers run, so with the workers' device's budgets.
+    tokens, rows = BATCH_DEFAULTS["cuda" if gpus else "cpu"]
+    planned = {"batch_tokens": cfg.batch_tokens or tokens, "batch_size": cfg.batch_size or rows}
+    driver = build_embedder(
+        EmbedConfig(**{**cfg.__dict__, "device": "cpu", "precision": precision, **planned})
+    )
     engine = SparkEngine(cfg, spark, driver, gpus)
     return run_job(cfg, driver, engine=engine)
 
@@ -244,11 +252,11 @@ class SparkEngine:
             "pooling": driver.pooling,
             "normalize": driver.normalize,
             "max_length": driver.max_length,
-            "batch_size": cfg.batch_size,  # None: the worker's device default
-            "batch_tokens": cfg.batch_tokens,
+            "batch_size": driver.batch_size,  # the driver plans batches, the workers run them
+            "batch_tokens": driver.batch_tokens,
             "threads": cfg.threads,
         }
-        self.window = max(1, min(int(_parallelism(spark)), MAX_WINDOW))
+        self.tasks = max(1, int(_parallelism(spark)))  # tasks per Spark job: every core or GPU busy
         self.fail_once = os.environ.get(FAIL_ONCE_ENV) or None
         self.group = f"minilm-{os.getpid()}-{id(self)}"
 
@@ -259,7 +267,7 @@ class SparkEngine:
         pool = ThreadPoolExecutor(2, thread_name_prefix="minilm-spark")
         pending: deque[tuple[list[Chunk], Future]] = deque()
         try:
-            for window in _windows(reader, self.window):
+            for window in _windows(reader, self.tasks):
                 pending.append((window, pool.submit(self._embed_in_group, window)))
                 if len(pending) > 1:
                     yield from self._finished(pending.popleft(), stages)
@@ -283,22 +291,28 @@ class SparkEngine:
         t = time.perf_counter()
         vectors = future.result()
         stages.timers["model"] += time.perf_counter() - t  # the wait for Spark, not its work
-        for seq, chunk in enumerate(window):
-            yield chunk, vectors.get(seq, empty(self.driver.dim))
+        yield from zip(window, vectors)
 
-    def embed_window(self, window: list[Chunk]) -> dict[int, np.ndarray]:
-        """One Spark job: each chunk's token ids to its vectors, by position in the window."""
-        rows = [_token_row(seq, c) for seq, c in enumerate(window) if c.tokens and c.tokens.ids]
-        if not rows:
-            return {}
-        frame = _frame(self.spark, rows)
-        out = frame.mapInArrow(embed_token_rows(self.options, self.fail_once), VECTORS_SCHEMA).collect()
+    def embed_window(self, window: list[Chunk]) -> list[np.ndarray]:
+        """One Spark job over some chunks, each cut into groups of whole batches (one task
+        each): every chunk's vectors, in its rows' order."""
         dim = self.driver.dim
-        vectors = {
-            row["seq"]: np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, dim) for row in out
-        }
-        if sorted(vectors) != [seq for seq, _, _ in rows] or len(out) != len(rows):
-            raise RuntimeError(f"Spark returned {len(out)} chunks of vectors for {len(rows)}")
+        vectors = [np.empty((c.tokens.model_rows if c.tokens else 0, dim), np.float32) for c in window]
+        groups, payload = [], []  # groups[seq]: (chunk index, its rows); payload[seq]: their tokens
+        for index, chunk in enumerate(window):
+            if chunk.tokens and chunk.tokens.model_rows:
+                for batches in _groups(chunk.tokens.batches, self.tasks):
+                    groups.append((index, np.concatenate([b.rows for b in batches])))
+                    payload.append(_token_row(len(payload), chunk.tokens, batches))
+        if not payload:
+            return vectors
+        frame = _frame(self.spark, payload)
+        out = frame.mapInArrow(embed_token_rows(self.options, self.fail_once), VECTORS_SCHEMA).collect()
+        if sorted(row["seq"] for row in out) != list(range(len(payload))):
+            raise RuntimeError(f"Spark returned {len(out)} groups of vectors for {len(payload)}")
+        for row in out:
+            index, rows = groups[row["seq"]]
+            vectors[index][rows] = np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, dim)
         return vectors
 
     def runtime(self) -> dict[str, Any]:
@@ -308,28 +322,39 @@ class SparkEngine:
         runtime = embedder_runtime(self.driver, self.name)
         runtime.update(
             device="spark gpu" if self.gpus else "spark " + self.options["device"],
-            batch_size=self.cfg.batch_size,
-            batch_tokens=self.cfg.batch_tokens,
-            spark={"version": pyspark_version, "window": self.window},
+            spark={"version": pyspark_version, "tasks_per_job": self.tasks},
         )
         return runtime
 
 
-def _windows(chunks: Iterator[Chunk], size: int) -> Iterator[list[Chunk]]:
+def _windows(chunks: Iterator[Chunk], tasks: int) -> Iterator[list[Chunk]]:
+    """Chunks grouped into Spark jobs: enough batches for ``tasks`` tasks, at most MAX_WINDOW."""
     window: list[Chunk] = []
+    batches = 0
     for chunk in chunks:
         window.append(chunk)
-        if len(window) == size:
+        batches += len(chunk.tokens.batches) if chunk.tokens else 0
+        if batches >= tasks or len(window) == MAX_WINDOW:
             yield window
-            window = []
+            window, batches = [], 0
     if window:
         yield window
 
 
-def _token_row(seq: int, chunk: Chunk) -> tuple[int, bytes, bytes]:
-    tokens = chunk.tokens
-    lengths = np.asarray(tokens.lengths, dtype=np.int32)
-    return seq, lengths.tobytes(), np.concatenate(tokens.ids).astype(np.int32).tobytes()
+def _groups(batches: list[Any], tasks: int) -> Iterator[list[Any]]:
+    """A chunk's batches in up to ``tasks`` runs of whole batches, of about equal padded tokens."""
+    sizes = np.array([b.input_ids.shape[0] * b.input_ids.shape[1] for b in batches], dtype=np.float64)
+    cut = np.ceil(np.cumsum(sizes) / sizes.sum() * min(tasks, len(batches))).astype(int)
+    for group in np.unique(cut):
+        yield [b for b, c in zip(batches, cut) if c == group]
+
+
+def _token_row(seq: int, tokens: Any, batches: list[Any]) -> tuple[int, bytes, bytes, bytes]:
+    rows = np.concatenate([b.rows for b in batches])
+    lengths = np.asarray(tokens.lengths, dtype=np.int32)[rows]
+    ids = np.concatenate([tokens.ids[r] for r in rows]).astype(np.int32)
+    sizes = np.array([len(b.rows) for b in batches], dtype=np.int32)
+    return seq, lengths.tobytes(), ids.tobytes(), sizes.tobytes()
 
 
 def _parallelism(spark: Any) -> int:

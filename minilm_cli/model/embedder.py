@@ -182,10 +182,15 @@ class Embedder:
         chunk.overflowed = overflowed
         return chunk
 
-    def batch_ids(self, ids: list[np.ndarray], lengths: np.ndarray, truncated: int) -> TokenizedChunk:
-        """Rows of token ids into length-sorted, padded batches, ready for ``run``."""
+    def batch_ids(
+        self, ids: list[np.ndarray], lengths: np.ndarray, truncated: int, plan: list[np.ndarray] | None = None
+    ) -> TokenizedChunk:
+        """Rows of token ids into length-sorted, padded batches, ready for ``run``; ``plan``
+        gives the batches' rows when they were planned elsewhere (the Spark engine's driver)."""
         chunk = TokenizedChunk(ids, lengths, truncated)
-        for rows in plan_batches(lengths, self.batch_tokens, self.batch_size):
+        if plan is None:
+            plan = plan_batches(lengths, self.batch_tokens, self.batch_size)
+        for rows in plan:
             chunk.batches.append(pad_batch(ids, lengths, rows, self.pad_id))
         if self.device.type != "cpu":
             for b in chunk.batches:
