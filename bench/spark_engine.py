@@ -4,7 +4,8 @@
 
 Writes the benchmark corpus to a JSONL file, then, for each engine in this one process: a
 start-up run on 256 rows (the local engine: model load; Spark: session start, Python workers
-and their model load, timed apart), then the measured run on all rows with everything warm.
+and their model load, timed apart), then the measured run on all rows with everything warm;
+the local engine once more at the end (the load on a shared machine moves).
 Prints start-up seconds, the measured run's wall seconds and rows/s, and the ratio.
 """
 
@@ -65,6 +66,8 @@ def main() -> None:
     spark = ["--engine", "spark"]
     workers = embed(small, work / "spark-small", spark)
     rows[f"spark engine ({args.master})"] = (session + workers, embed(full, work / "spark", spark))
+    # once more after Spark: on a shared machine the load moves, and this shows by how much
+    rows["local engine, again"] = (startup, embed(full, work / "local-again", []))
 
     print(f"{args.rows} rows, CPU, fp32; start-up: a {WARM_UP}-row run (Spark: {session:.1f} s session")
     print(f"+ {workers:.1f} s first job: Python workers, their model load); measured: the next run, warm")

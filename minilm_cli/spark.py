@@ -18,6 +18,7 @@ an ``embedding`` column (``array<float>``, null where the row was rejected) and 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ import pyarrow as pa
 from .batching import Chunk
 from .config import EmbedConfig
 from .devices import choose_precision
-from .errors import InputError
+from .errors import InputError, MinilmError, shown
 from .model import BATCH_DEFAULTS
 from .pipeline import JobResult, build_embedder, run_job
 from .pipeline.engine import embedder_runtime
@@ -307,7 +308,12 @@ class SparkEngine:
         if not payload:
             return vectors
         frame = _frame(self.spark, payload)
-        out = frame.mapInArrow(embed_token_rows(self.options, self.fail_once), VECTORS_SCHEMA).collect()
+        try:
+            out = frame.mapInArrow(embed_token_rows(self.options, self.fail_once), VECTORS_SCHEMA).collect()
+        except Exception as exc:  # noqa: BLE001 - Py4J, Spark Connect and Spark errors alike
+            raise MinilmError(
+                f"a Spark job failed: {task_error(exc)}; committed shards are kept (--resume)"
+            ) from exc
         if sorted(row["seq"] for row in out) != list(range(len(payload))):
             raise RuntimeError(f"Spark returned {len(out)} groups of vectors for {len(payload)}")
         for row in out:
@@ -325,6 +331,16 @@ class SparkEngine:
             spark={"version": pyspark_version, "tasks_per_job": self.tasks},
         )
         return runtime
+
+
+def task_error(exc: BaseException) -> str:
+    """The line that says what went wrong in a failed Spark job: the Python worker's own
+    exception when there is one, else the first line of Spark's message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    python = [
+        line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line) and "org.apache" not in line
+    ]
+    return shown(python[-1] if python else (lines[0] if lines else type(exc).__name__), 200)
 
 
 def _windows(chunks: Iterator[Chunk], tasks: int) -> Iterator[list[Chunk]]:

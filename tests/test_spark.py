@@ -206,3 +206,21 @@ def test_missing_pyspark_is_one_line_saying_what_to_install(tiny_model_dir, tmp_
     result = CliRunner().invoke(main, ["embed", *args, "--model", tiny_model_dir])
     assert result.exit_code == 2
     assert "pip install 'pyspark>=3.5'" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_failed_spark_job_is_named_by_the_workers_error_line():
+    from minilm_cli.spark import task_error
+
+    message = (
+        "An error occurred while calling o95.collectToPython.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 3.0 failed"
+        " 3 times, most recent failure: Lost task 0.2 (TID 9) (127.0.0.1 executor driver):"
+        " org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "/x/minilm_cli/spark.py", line 97, in _fail_first_attempt\n'
+        "FileNotFoundError: [Errno 2] No such file or directory: '/tmp/missing'\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException(...)\n"
+    )
+    assert task_error(RuntimeError(message)) == (
+        "FileNotFoundError: [Errno 2] No such file or directory: '/tmp/missing'"
+    )
+    assert task_error(RuntimeError("Job 3 cancelled\nmore")) == "Job 3 cancelled"
