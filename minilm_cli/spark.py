@@ -181,6 +181,7 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
     """`minilm embed --engine spark`: our readers and sink here, the model on Spark."""
     spark = spark_session(master, cfg.quiet)
     gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    gpus = gpus or cfg.device.startswith("cuda")  # --device cuda: the workers' default GPU
     # The driver only reads and tokenizes, on its CPU; precision is resolved here, once, for
     # the manifest's settings and every worker (a GPU worker's auto is bf16).
     precision = cfg.precision
@@ -192,8 +193,18 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
     driver = build_embedder(
         EmbedConfig(**{**cfg.__dict__, "device": "cpu", "precision": precision, **planned})
     )
+    if not str(spark.conf.get("spark.master", "local")).startswith("local"):
+        # the model runs elsewhere: the driver's cores are free to tokenize (unless the user said)
+        if not _user_set_tokenizers_parallelism():
+            os.environ["TOKENIZERS_PARALLELISM"] = "true"
     engine = SparkEngine(cfg, spark, driver, gpus)
     return run_job(cfg, driver, engine=engine)
+
+
+def _user_set_tokenizers_parallelism() -> bool:
+    from .model import embedder
+
+    return embedder._USER_TOKENIZERS_PARALLELISM is not None
 
 
 def _cpu() -> Any:
@@ -245,7 +256,7 @@ class SparkEngine:
         self.spark = spark
         self.driver = driver
         self.gpus = gpus
-        device = "auto" if gpus or cfg.device.startswith("cuda") else "cpu"
+        device = "auto" if gpus else "cpu"
         self.options = {
             "model": str(driver.source.path),
             "device": device,
