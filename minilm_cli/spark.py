@@ -237,9 +237,10 @@ def spark_session(master: str | None, quiet: bool = True) -> Any:
         )
         builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
     session = builder.getOrCreate()
-    if quiet and hasattr(session, "sparkContext"):
+    if hasattr(session, "sparkContext"):
         try:
-            session.sparkContext.setLogLevel("ERROR")
+            # quiet: a failed job is our one error line, not Spark's log of every attempt
+            session.sparkContext.setLogLevel("FATAL" if quiet else "ERROR")
         except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
             pass
     return session
