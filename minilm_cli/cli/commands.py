@@ -62,6 +62,11 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
             gpus_per_worker=opts["gpus_per_worker"],
         )
         return
+    if opts["engine"] == "spark":
+        from ..spark import run_spark_job
+
+        run_spark_job(cfg, master=opts["spark_master"])
+        return
     devices = parse_devices(cfg.device)
     if devices:
         result = run_on_devices(cfg, devices)

@@ -320,10 +320,16 @@ _EMBED_OPTIONS = [
     ),
     click.option(
         "--engine",
-        type=click.Choice(["local", "ray"]),
+        type=click.Choice(["local", "ray", "spark"]),
         default="local",
         show_default=True,
-        help="ray: run on a Ray cluster with Ray Data (in a clone: pip install '.[ray]').",
+        help="ray: run on a Ray cluster with Ray Data (in a clone: pip install '.[ray]'); spark: the "
+        "model runs on Spark executors, reading and writing stay here (pip install '.[spark]').",
+    ),
+    click.option(
+        "--spark-master",
+        help="Spark engine: master URL for a new session (default local[*]); spark-submit's "
+        "session or SPARK_REMOTE's (Spark Connect) is used when there is one.",
     ),
     click.option(
         "--ray-address",

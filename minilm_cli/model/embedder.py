@@ -201,12 +201,19 @@ class Embedder:
         return self.tokenizer.encode_batch(texts, add_special_tokens=True)
 
     def batch_ids(
-        self, ids: FlatIds | list[np.ndarray], lengths: np.ndarray, truncated: int
+        self,
+        ids: FlatIds | list[np.ndarray],
+        lengths: np.ndarray,
+        truncated: int,
+        plan: list[np.ndarray] | None = None,
     ) -> TokenizedChunk:
-        """Rows of token ids into length-sorted, padded batches, ready for ``run``."""
+        """Rows of token ids into length-sorted, padded batches, ready for ``run``; ``plan``
+        gives the batches' rows when they were planned elsewhere (the Spark engine's driver)."""
         flat = ids if isinstance(ids, FlatIds) else FlatIds.from_rows(ids)
         chunk = TokenizedChunk(flat, lengths, truncated)
-        for rows in plan_batches(lengths, self.batch_tokens, self.batch_size):
+        if plan is None:
+            plan = plan_batches(lengths, self.batch_tokens, self.batch_size)
+        for rows in plan:
             chunk.batches.append(pad_batch(flat, lengths, rows, self.pad_id))
         if self.device.type != "cpu":
             for b in chunk.batches:
