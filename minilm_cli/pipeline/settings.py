@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import ON_ERROR, OVERFLOW, EmbedConfig, kept_problem
+from ..config import ON_ERROR, OVERFLOW, TOKEN_COLUMNS, EmbedConfig, kept_problem
 from ..errors import InputError
 from ..model import Embedder
 from ..sources import Columns
@@ -25,6 +25,7 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
         batch_tokens=cfg.batch_tokens,
         compile=cfg.compile,
         threads=cfg.threads,
+        layer=cfg.layer,
     )
 
 
@@ -47,7 +48,8 @@ def run_settings(
 
     ``tsv_quoting`` is recorded only where it changes what is read (a TSV input, quotes
     quoting): a manifest without it (written before the flag, or without TSV quoting) ran
-    with quotes as text, and is compared as such."""
+    with quotes as text, and is compared as such. ``layer`` likewise: recorded only when it
+    is not the last hidden state (the only one an earlier output can hold)."""
     model = embedder.source
     settings = {
         "model": {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256},
@@ -76,6 +78,8 @@ def run_settings(
             "shard_index": cfg.shard_index,
         },
     }
+    if embedder.network.layer is not None:
+        settings["layer"] = embedder.network.layer  # hidden_states' index, never negative
     if reads_tsv and cfg.tsv_quoting != "none":
         settings["tsv_quoting"] = cfg.tsv_quoting
     if columns is not None:
@@ -105,6 +109,8 @@ def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | N
             pa.field("char_end", pa.int64()),
             pa.field("tokens", pa.int32()),
         ]
+    if cfg.pooling == "none":  # one entry per token (model/tokens.py); embedding goes in at 1
+        columns += [pa.field(name, pa.list_(pa.int32())) for name in TOKEN_COLUMNS]
     return pa.schema(columns)
 
 
@@ -130,13 +136,14 @@ def check_config(cfg: EmbedConfig) -> None:
         raise InputError("--format jsonl is only for -o - (stdout); use parquet or npy for a directory")
     _check_columns(cfg)
     _check_overflow(cfg)
+    _check_token_output(cfg)
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def _check_columns(cfg: EmbedConfig) -> None:
-    problem = kept_problem(cfg.keep_columns, cfg.overflow)
+    problem = kept_problem(cfg.keep_columns, cfg.overflow, cfg.pooling)
     if problem:
         raise InputError(problem)
 
@@ -153,6 +160,23 @@ def _check_overflow(cfg: EmbedConfig) -> None:
             "--reuse does not work with --overflow mean: a mean row pools a whole document's "
             "windows, and --reuse copies vectors of single texts or windows; run without --reuse"
         )
+
+
+def _check_token_output(cfg: EmbedConfig) -> None:
+    """--pooling none writes a list of token vectors per row; the stages that copy one vector
+    per row (--reuse) or pool windows (--overflow mean) do not apply. Repeated texts are simply
+    embedded again: deduplication is off."""
+    if cfg.layer is not None and not isinstance(cfg.layer, int):
+        raise InputError(f"--layer {cfg.layer!r}: expected an integer")
+    if cfg.pooling != "none":
+        return
+    if cfg.reuse:
+        raise InputError("--reuse does not work with --pooling none (it copies one vector per row)")
+    if cfg.overflow == "mean":
+        raise InputError("--overflow mean pools windows: use --overflow split with --pooling none")
+    if cfg.normalize:
+        raise InputError("--normalize does not apply to --pooling none: token vectors are never normalised")
+    cfg.dedup = False
 
 
 def check_windows(cfg: EmbedConfig, embedder: Embedder) -> None:

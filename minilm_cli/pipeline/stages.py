@@ -59,7 +59,8 @@ class Stages:
             capacity = CAPACITY if self.cfg.dedup else 0
             self.chunk_stages = [RowPlanner(capacity, self.reuse), self.tokenize]
             self.truncation = TruncatedRows(capacity, self.overflows)
-            self.model_stages.append(expand_rows(RowExpander(capacity)))
+            if self.embedder is None or self.embedder.pooling != "none":  # token rows: no copies to expand
+                self.model_stages.append(expand_rows(RowExpander(capacity)))
         add_stages(self)  # --overflow split / mean / reject: windows replace the plain tokenizer
 
     @property
