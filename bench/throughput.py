@@ -329,19 +329,54 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
         inputs=[str(source)], output=str(work / "ours"), device=device, overwrite=True, quiet=True
     )
     embedder = build_embedder(cfg)
+    # --pooling none: every token's vector, ids and spans (tens of times the bytes of a pooled row)
+    tokens_cfg = EmbedConfig(
+        inputs=[str(source)],
+        output=str(work / "tokens"),
+        device=device,
+        overwrite=True,
+        quiet=True,
+        pooling="none",
+    )
+    tokens_embedder = build_embedder(tokens_cfg)
 
     def our_job() -> None:
         run_job(cfg, embedder=embedder, log=lambda m: None)
 
-    st_job(), our_job()  # warm-up
-    times = {"sentence-transformers read+encode+write": [], "minilm embed (run_job)": []}
+    def tokens_job() -> None:
+        run_job(tokens_cfg, embedder=tokens_embedder, log=lambda m: None)
+
+    jobs = {
+        "sentence-transformers read+encode+write": (st_job, work / "st.parquet"),
+        "minilm embed (run_job)": (our_job, work / "ours"),
+        "minilm embed --pooling none (run_job)": (tokens_job, work / "tokens"),
+    }
+    for job, _ in jobs.values():  # warm-up
+        job()
+    times: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(rounds):
-        times["sentence-transformers read+encode+write"].append(timed(st_job, 1)[0])
-        times["minilm embed (run_job)"].append(timed(our_job, 1)[0])
+        for name, (job, _) in jobs.items():
+            times[name].append(timed(job, 1)[0])
     return [
-        {"engine": k, "seconds": statistics.median(v), "rows_per_s": len(texts) / statistics.median(v)}
+        {
+            "engine": k,
+            "seconds": statistics.median(v),
+            "rows_per_s": len(texts) / statistics.median(v),
+            "bytes_per_row": written_bytes(jobs[k][1]) / len(texts),
+        }
         for k, v in times.items()
     ]
+
+
+def written_bytes(path: Path) -> int:
+    """Bytes of vectors and row data written (a file, or an OUTPUT's shards; no manifest, no key files)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(
+        p.stat().st_size
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix in (".parquet", ".npy") and ".minilm-keys" not in p.parts
+    )
 
 
 def print_table(title: str, rows: list[dict], base: float) -> None:
@@ -356,6 +391,7 @@ def print_table(title: str, rows: list[dict], base: float) -> None:
             "real_of_bound",
             "min_cosine",
             "mean_cosine",
+            "bytes_per_row",
         )
         if c in rows[0]
     ]
