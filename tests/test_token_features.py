@@ -269,6 +269,19 @@ def test_resume_refuses_another_layer(tmp_path: Path, tiny_model_dir: str) -> No
     assert_one_line_error(cli([*again]), 3, "layer")
 
 
+def test_reuse_and_append_refuse_another_layer(tmp_path: Path, tiny_model_dir: str) -> None:
+    earlier = embed(tmp_path, ["a b", "c d"], "--layer", "1", model=tiny_model_dir, name="earlier")
+    source = write_jsonl(tmp_path / "in.jsonl", ["a b", "e f"])
+    args = ["embed", str(source), *model_args(tiny_model_dir)]
+    result = cli([*args, "-o", str(tmp_path / "new"), "--reuse", str(earlier)])
+    assert_one_line_error(result, 2, "layer")
+    assert (
+        cli([*args, "-o", str(tmp_path / "new"), "--reuse", str(earlier), "--layer", "1", "-q"]).exit_code
+        == 0
+    )
+    assert_one_line_error(cli([*args, "-o", str(earlier), "--append"]), 3, "layer")
+
+
 @pytest.mark.parametrize(
     "flags, words",
     [

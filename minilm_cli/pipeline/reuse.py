@@ -23,7 +23,7 @@ from ..output.keyindex import KeyIndex, KeySource, keys_digest
 from ..storage import is_remote, local_path, redact_url
 
 # What must match for an earlier vector to be the one this run would compute.
-SAME_BYTES = ("model", "dim", "pooling", "normalize", "max_length", "precision", "dtype", "overflow")
+SAME_BYTES = ("model", "dim", "pooling", "normalize", "max_length", "precision", "dtype", "overflow", "layer")
 
 
 def reuse_problem(settings: dict, earlier: dict, name: str) -> str | None:
