@@ -113,7 +113,7 @@ class Embedder:
         if self.precision == "int8":
             self._quantize(compile)  # calibrated on every layer, before --layer cuts them
         self.network.use_layer(self.layer)
-        if self.network.ours:
+        if self.network.ours:  # the layers above --layer are never run
             self.model.depth = self.network.layers if self.network.layer is None else self.network.layer
         self.compiled = compile
         if compile and self.network.ours:

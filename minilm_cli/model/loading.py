@@ -36,11 +36,10 @@ class Network:
         return int(self.config.get("num_hidden_layers", 0))
 
     def use_layer(self, layer: int | None) -> None:
-        """Return hidden state ``layer`` (already in 0..layers) instead of the last. Our encoder
-        stops there; a transformers model runs whole and hands back its hidden_states."""
+        """Return hidden state ``layer`` (already in 0..layers) instead of the last: a
+        transformers model runs whole and hands back its hidden_states; our encoder is told
+        its ``depth`` by the Embedder (on the module it runs, after any int8 calibration)."""
         self.layer = None if layer is None or layer == self.layers else layer
-        if self.ours:
-            self.module.depth = self.layers if self.layer is None else self.layer
 
     def hidden(
         self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None
