@@ -332,14 +332,28 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
     # ranges' calibration would be a fixed cost per run on top, so binary is the one measured)
     binary = EmbedConfig(**{**cfg.__dict__, "output": str(work / "binary"), "dtype": "binary"})
     embedder = build_embedder(cfg)
+    # --pooling none: every token's vector, ids and spans (tens of times the bytes of a pooled row)
+    tokens_cfg = EmbedConfig(
+        inputs=[str(source)],
+        output=str(work / "tokens"),
+        device=device,
+        overwrite=True,
+        quiet=True,
+        pooling="none",
+    )
+    tokens_embedder = build_embedder(tokens_cfg)
 
     def job(config: EmbedConfig):
         return lambda: run_job(config, embedder=embedder, log=lambda m: None)
+
+    def tokens_job() -> None:
+        run_job(tokens_cfg, embedder=tokens_embedder, log=lambda m: None)
 
     jobs = {
         "sentence-transformers read+encode+write": (st_job, work / "st.parquet"),
         "minilm embed (run_job)": (job(cfg), work / "ours"),
         "minilm embed --dtype binary": (job(binary), work / "binary"),
+        "minilm embed --pooling none (run_job)": (tokens_job, work / "tokens"),
     }
     for run, _ in jobs.values():
         run()  # warm-up
@@ -359,9 +373,14 @@ def end_to_end_table(texts: list[str], device: str, rounds: int) -> list[dict]:
 
 
 def written_bytes(path: Path) -> int:
-    """Bytes of the Parquet shards a job wrote (not the manifest or the hidden key files)."""
-    files = [path] if path.is_file() else sorted(path.glob("part-*.parquet"))
-    return sum(f.stat().st_size for f in files)
+    """Bytes of vectors and row data written (a file, or an OUTPUT's shards; no manifest, no key files)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(
+        p.stat().st_size
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix in (".parquet", ".npy") and ".minilm-keys" not in p.parts
+    )
 
 
 def print_table(title: str, rows: list[dict], base: float) -> None:
@@ -377,6 +396,7 @@ def print_table(title: str, rows: list[dict], base: float) -> None:
             "real_of_bound",
             "min_cosine",
             "mean_cosine",
+            "bytes_per_row",
         )
         if c in rows[0]
     ]

@@ -90,6 +90,8 @@ class TokenizedChunk:
     truncated: int
     batches: list[Batch] = field(default_factory=list)
     overflowed: list[bool] = field(default_factory=list)  # per row, when tokenized from text
+    # --pooling none: per row, each token's (start, end) characters in the original text
+    spans: list[np.ndarray] | None = None
 
     @property
     def model_rows(self) -> int:

@@ -11,6 +11,12 @@ OVERFLOW = ("truncate", "split", "mean", "reject")
 STORED_DTYPES = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 #: What --overflow split writes (and split and mean carry) beside the kept columns.
 WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
+#: What --pooling none writes beside the embedding column: one list entry per token.
+TOKEN_COLUMNS = ("token_ids", "token_char_start", "token_char_end")
+# Rows per chunk and per shard when not given. Token vectors (--pooling none) are some
+# tens of times bigger per row than one pooled vector, so their chunks and shards hold fewer rows.
+CHUNK_SIZE, SHARD_ROWS = 8192, 100_000
+TOKEN_CHUNK_SIZE, TOKEN_SHARD_ROWS = 512, 4096
 
 
 def kept_column(spec: str) -> tuple[str, str]:
@@ -20,9 +26,13 @@ def kept_column(spec: str) -> tuple[str, str]:
     return (source, name) if sep else (spec, spec)
 
 
-def kept_problem(specs: tuple[str, ...] | list[str], overflow: str = "truncate") -> str | None:
+def kept_problem(
+    specs: tuple[str, ...] | list[str], overflow: str = "truncate", pooling: str | None = None
+) -> str | None:
     """What is wrong with ``--keep-columns``, as the one line to show, or None."""
     taken = {name: "the output already has an '{}' column" for name in ("id", "embedding")}
+    if pooling == "none":
+        taken.update({name: "--pooling none adds a '{}' column" for name in TOKEN_COLUMNS})
     if overflow in ("split", "mean"):  # the window columns ride along with the kept ones
         verb = "adds" if overflow == "split" else "uses"  # mean drops them again before writing
         taken.update({name: f"--overflow {overflow} {verb} a '{{}}' column" for name in WINDOW_COLUMNS})
@@ -60,7 +70,10 @@ class EmbedConfig:
     keep_columns: tuple[str, ...] = ()  # NAME, or NAME:NEWNAME to keep it under another name
     column_types: dict[str, str] = field(default_factory=dict)  # --column-type NAME=TYPE
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
-    pooling: str | None = None  # None: from the model's sentence-transformers config, else mean
+    pooling: str | None = (
+        None  # None: from the model's sentence-transformers config, else mean; "none": per token
+    )
+    layer: int | None = None  # hidden_states index (0: embeddings, -1: last); None: the last
     normalize: bool | None = None  # None: from the model's config, else False
     max_length: int | None = None
     overflow: str = "truncate"  # texts over max_length: truncate, split (windows), mean, reject
@@ -69,8 +82,8 @@ class EmbedConfig:
     precision: str = "auto"
     batch_size: int | None = None  # None: per device (cpu 64, cuda 1024)
     batch_tokens: int | None = None  # None: per device (cpu 2048, cuda 65536)
-    chunk_size: int = 8192
-    shard_rows: int = 100_000
+    chunk_size: int | None = None  # None: CHUNK_SIZE (TOKEN_CHUNK_SIZE with --pooling none)
+    shard_rows: int | None = None  # None: SHARD_ROWS (TOKEN_SHARD_ROWS with --pooling none)
     format: str | None = None  # None: parquet for a directory, jsonl for "-"
     dtype: str = "float32"  # stored vectors: float32, float16, int8, uint8, binary, ubinary
     truncate_dim: int | None = None  # keep the first N dims (normalised again when the model normalises)
@@ -90,6 +103,13 @@ class EmbedConfig:
     num_shards: int = 1
     shard_index: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        tokens = self.pooling == "none"
+        if self.chunk_size is None:
+            self.chunk_size = TOKEN_CHUNK_SIZE if tokens else CHUNK_SIZE
+        if self.shard_rows is None:
+            self.shard_rows = TOKEN_SHARD_ROWS if tokens else SHARD_ROWS
 
     @property
     def kept(self) -> list[tuple[str, str]]:

@@ -165,6 +165,8 @@ def run_ray_job(
         raise InputError(
             "--engine ray writes a fresh directory: no --resume, --append, --reuse, --num-shards or -o -"
         )
+    if cfg.pooling == "none":
+        raise InputError("--engine ray writes one vector per row: --pooling none runs with --engine local")
     _init_ray(ray, address, cfg.quiet)
     engine = RayEngine(cfg, read_inputs(cfg), concurrency, gpus_per_worker, ray)
     return run_job(cfg, engine.driver, engine=engine)
@@ -233,6 +235,7 @@ class RayEngine:
             "pooling": driver.pooling,
             "normalize": driver.normalize,
             "max_length": driver.max_length,
+            "layer": driver.layer,
             "batch_size": driver.batch_size if not gpus else cfg.batch_size,
             "batch_tokens": driver.batch_tokens if not gpus else cfg.batch_tokens,
             "threads": threads,

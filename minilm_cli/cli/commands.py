@@ -93,6 +93,7 @@ def config_from_options(inputs: tuple[str, ...], output: str, opts: dict[str, An
         column_types=parse_column_types(opts["column_types"]),
         model=opts["model"],
         pooling=opts["pooling"],
+        layer=opts["layer"],
         normalize=opts["normalize"],
         max_length=opts["max_length"],
         overflow=opts["overflow"],

@@ -126,8 +126,16 @@ _EMBED_OPTIONS = [
     ),
     click.option(
         "--pooling",
-        type=click.Choice(["mean", "cls", "max"]),
-        help="Default: the model's sentence-transformers config, else mean.",
+        type=click.Choice(["mean", "cls", "max", "none"]),
+        help="Default: the model's sentence-transformers config, else mean. none: one vector per token "
+        "([CLS] and [SEP] included, never normalised) with token_ids, token_char_start and token_char_end "
+        "list columns; not with --reuse or --overflow mean; repeated texts are not deduplicated.",
+    ),
+    click.option(
+        "--layer",
+        type=int,
+        help="Hidden state to pool or write: 0 the embeddings' output, 1..N each layer's (N the last), "
+        "negative from the end (-1 the last). Layers above it are not run. Default: the last.",
     ),
     click.option(
         "--normalize/--no-normalize",
@@ -192,17 +200,13 @@ _EMBED_OPTIONS = [
         "--chunk-size",
         type=click.IntRange(1),
         callback=at_most(MAX_ROWS),
-        default=8192,
-        show_default=True,
-        help="Rows read, length-sorted and embedded together.",
+        help="Rows read, length-sorted and embedded together. Default: 8192 (512 with --pooling none).",
     ),
     click.option(
         "--shard-rows",
         type=click.IntRange(1),
         callback=at_most(MAX_ROWS),
-        default=100_000,
-        show_default=True,
-        help="Rows per output shard.",
+        help="Rows per output shard. Default: 100000 (4096 with --pooling none).",
     ),
     click.option(
         "--format",

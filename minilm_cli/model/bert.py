@@ -157,7 +157,9 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """BertModel's encoder, returning the last hidden state in the padded (batch, length) shape."""
+    """BertModel's encoder, returning hidden state ``depth`` (default: the last) in the padded
+    (batch, length) shape. ``depth`` is hidden_states' index: 0 is the embeddings' output, k
+    the output of layer k; the layers above it are never run (--layer)."""
 
     def __init__(self, shape: BertShape, vocab: int, type_vocab: int) -> None:
         super().__init__()
@@ -168,6 +170,7 @@ class BertEncoder(nn.Module):
         self.embedding_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
         self.bucketed = False
+        self.depth = shape.layers
         self._layout = bucketed_layout
 
     def prepare_compile(self) -> None:
@@ -201,7 +204,7 @@ class BertEncoder(nn.Module):
         x = self.word_embeddings(input_ids.reshape(-1).index_select(0, rows))
         x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(rows % length)
         x = self.embedding_norm(x)
-        for layer in self.layers:
+        for layer in self.layers[: self.depth]:
             x = layer(x, layout)
         hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x[: len(where)])
         return hidden.view(batch, length, -1)

@@ -24,6 +24,7 @@ from ..devices import choose_device, choose_precision, cpu_has_native_bf16, usab
 from ..errors import InputError  # noqa: E402
 from .pooling import POOLINGS, pool, read_pooling_config  # noqa: E402
 from .source import resolve_model, shorten  # noqa: E402
+from .tokens import POOLING_NONE, TokenVectors, encoding_spans, real_tokens, token_vectors  # noqa: E402
 
 # int8 runs in fp32: its int8 Linears take and give fp32
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -33,7 +34,9 @@ BATCH_DEFAULTS = {"cpu": (2048, 64), "mps": (16384, 256), "cuda": (65536, 1024)}
 
 
 class Embedder:
-    """Texts in, one float32 vector per text out, in input order.
+    """Texts in, one float32 vector per text out, in input order (``pooling="none"``: a
+    ``TokenVectors`` of every text's token vectors instead; ``layer``: hidden_states[layer]
+    in place of the last hidden state, 0 the embeddings, negative counting from the end).
 
     >>> Embedder().embed(["a sentence", "another one"]).shape
     (2, 384)
@@ -51,6 +54,7 @@ class Embedder:
         batch_tokens: int | None = None,
         compile: bool = False,
         threads: int | None = None,
+        layer: int | None = None,
     ) -> None:
         self.source = resolve_model(model)
         self.device = choose_device(device)
@@ -62,10 +66,15 @@ class Embedder:
         default_tokens, default_rows = BATCH_DEFAULTS[self.device.type]
         self.batch_tokens = batch_tokens or default_tokens
         self.batch_size = batch_size or default_rows
-        self._load(pooling, normalize, max_length, compile)
+        self._load(pooling, normalize, max_length, compile, layer)
 
     def _load(
-        self, pooling: str | None, normalize: bool | None, max_length: int | None, compile: bool
+        self,
+        pooling: str | None,
+        normalize: bool | None,
+        max_length: int | None,
+        compile: bool,
+        layer: int | None = None,
     ) -> None:
         from .loading import load_network, load_tokenizer
 
@@ -80,9 +89,16 @@ class Embedder:
         max_positions = int(config.get("max_position_embeddings", 512))
         defaults = read_pooling_config(path, max_positions)
         self.pooling = pooling or defaults.pooling
-        if self.pooling not in POOLINGS:
-            raise InputError(f"unknown --pooling {self.pooling}: use {', '.join(POOLINGS)}")
+        if self.pooling not in (*POOLINGS, POOLING_NONE):
+            raise InputError(f"unknown --pooling {self.pooling}: use {', '.join(POOLINGS)} or none")
         self.normalize = defaults.normalize if normalize is None else normalize
+        if self.pooling == POOLING_NONE:
+            if normalize:
+                raise InputError(
+                    "--normalize does not apply to --pooling none: token vectors are never normalised"
+                )
+            self.normalize = False  # as sentence-transformers' token_embeddings: before Normalize
+        self.layer = resolve_layer(layer, int(config.get("num_hidden_layers", 0)))
         self.max_length = max_length or defaults.max_length
         if not 2 <= self.max_length <= max_positions:
             raise InputError(f"--max-length {self.max_length} is outside 2..{max_positions}")
@@ -96,7 +112,10 @@ class Embedder:
         if self.precision in ("fp16", "bf16"):
             self._precast_linear_weights(DTYPES[self.precision])
         if self.precision == "int8":
-            self._quantize(compile)
+            self._quantize(compile)  # calibrated on every layer, before --layer cuts them
+        self.network.use_layer(self.layer)
+        if self.network.ours:  # the layers above --layer are never run
+            self.model.depth = self.network.layers if self.network.layer is None else self.network.layer
         self.compiled = compile
         if compile and self.network.ours:
             self.model.prepare_compile()
@@ -134,6 +153,7 @@ class Embedder:
             "dim": self.dim,
             "pooling": self.pooling,
             "normalize": self.normalize,
+            "layer": self.layer,
             "max_length": self.max_length,
             "device": str(self.device),
             "precision": self.precision,
@@ -175,27 +195,36 @@ class Embedder:
 
     def tokenize(self, texts: list[str]) -> TokenizedChunk:
         """Token ids per text, and the length-sorted, padded batches to run them in."""
-        ids, lengths, overflowed = self.token_ids(texts)
+        ids, lengths, overflowed, spans = self.token_ids(texts)
         chunk = self.batch_ids(ids, lengths, sum(overflowed))
         chunk.overflowed = overflowed
+        chunk.spans = spans
         return chunk
 
-    def token_ids(self, texts: list[str]) -> tuple[FlatIds, np.ndarray, list[bool]]:
-        """Each text's ids (one flat array, no array per row), their lengths, and whether
-        each text was truncated at max_length."""
-        encodings = self.encode(texts)
+    def token_ids(self, texts: list[str]) -> tuple[FlatIds, np.ndarray, list[bool], list[np.ndarray] | None]:
+        """Each text's ids (one flat array, no array per row), their lengths, whether each text
+        was truncated at max_length, and under --pooling none each token's character span."""
+        want_spans = self.pooling == POOLING_NONE
+        encodings = self.encode(texts, spans=want_spans)
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         values = np.fromiter(
             itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1])
         )
-        return FlatIds(values, offsets), lengths, [bool(e.overflowing) for e in encodings]
+        overflowed = [bool(e.overflowing) for e in encodings]
+        return (
+            FlatIds(values, offsets),
+            lengths,
+            overflowed,
+            [encoding_spans(e) for e in encodings] if spans else None,
+        )
 
-    def encode(self, texts: list[str]) -> list[Any]:
+    def encode(self, texts: list[str], spans: bool = False) -> list[Any]:
         """The tokenizer's encodings of ``texts`` (ids, overflow), without character offsets
-        where the library can skip them (a third of its time; the ids are the same)."""
-        fast = getattr(self.tokenizer, "encode_batch_fast", None)  # tokenizers >= 0.21
+        where the library can skip them (a third of its time; the ids are the same) unless
+        ``spans`` asks for them."""
+        fast = None if spans else getattr(self.tokenizer, "encode_batch_fast", None)  # tokenizers >= 0.21
         if fast is not None:
             return fast(texts, add_special_tokens=True)
         return self.tokenizer.encode_batch(texts, add_special_tokens=True)
@@ -226,12 +255,14 @@ class Embedder:
         return chunk
 
     @torch.inference_mode()
-    def run(self, chunk: TokenizedChunk, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    def run(
+        self, chunk: TokenizedChunk, on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray | TokenVectors:
         """Embed a tokenized chunk; rows come back in the chunk's input order. ``on_batch`` is
         told the rows of each batch as it is queued (a progress bar that moves per batch)."""
         n = len(chunk.ids)
         if n == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return self.empty()
         outputs = []
         for b in chunk.batches:
             outputs.append(self._run_batch(b))
@@ -239,6 +270,8 @@ class Embedder:
                 on_batch(len(b.rows))
         # One device-to-host copy per chunk: the GPU is never stalled per batch.
         stacked = torch.cat(outputs).to("cpu").numpy()
+        if self.pooling == POOLING_NONE:
+            return token_vectors(chunk, stacked)
         order = np.concatenate([b.rows for b in chunk.batches])
         result = np.empty((n, self.dim), dtype=np.float32)
         result[order] = stacked
@@ -253,11 +286,21 @@ class Embedder:
         autocast = dtype != torch.float32 and not self.network.ours  # ours casts for itself
         with torch.autocast(self.device.type, dtype=dtype, enabled=autocast):
             hidden = self.network.hidden(self._forward, input_ids, mask, positions)
+        if self.pooling == POOLING_NONE:
+            return real_tokens(hidden, mask)
         return pool(hidden.float(), mask, self.pooling, self.normalize)
 
-    def embed(self, texts: list[str] | str) -> np.ndarray:
+    def empty(self) -> np.ndarray | TokenVectors:
+        """What ``run`` gives for no rows."""
+        if self.pooling == POOLING_NONE:
+            return TokenVectors.empty(self.dim)
+        return np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed(self, texts: list[str] | str) -> np.ndarray | TokenVectors:
         """Embed texts in memory: (len(texts), dim) float32, same order as ``texts``.
         One string gives one vector, (dim,), as sentence-transformers' encode does."""
+        if isinstance(texts, str) and self.pooling == POOLING_NONE:
+            return self.embed([texts]).vectors  # type: ignore[union-attr]
         if isinstance(texts, str):
             return self.embed([texts])[0]
         if isinstance(texts, (bytes, bytearray)):
@@ -267,3 +310,15 @@ class Embedder:
             if not isinstance(text, str):
                 raise ValueError(f"embed(): texts[{i}] is {type(text).__name__}, not a string")
         return self.run(self.tokenize(texts))
+
+
+def resolve_layer(layer: int | None, layers: int) -> int | None:
+    """--layer K as hidden_states' index 0..layers (0: the embeddings' output; -1: the last)."""
+    if layer is None:
+        return None
+    index = layer + layers + 1 if layer < 0 else layer
+    if not 0 <= index <= layers:
+        raise InputError(
+            f"--layer {layer} is outside the model's hidden states: use 0..{layers} or -{layers + 1}..-1"
+        )
+    return index

@@ -29,12 +29,26 @@ class Network:
     module: torch.nn.Module
     config: dict[str, Any]
     ours: bool  # our encoder (returns the hidden state), or a transformers model (returns an output)
+    layer: int | None = None  # --layer as hidden_states' index (0: embeddings); None: the last
+
+    @property
+    def layers(self) -> int:
+        return int(self.config.get("num_hidden_layers", 0))
+
+    def use_layer(self, layer: int | None) -> None:
+        """Return hidden state ``layer`` (already in 0..layers) instead of the last: a
+        transformers model runs whole and hands back its hidden_states; our encoder is told
+        its ``depth`` by the Embedder (on the module it runs, after any int8 calibration)."""
+        self.layer = None if layer is None or layer == self.layers else layer
 
     def hidden(
         self, forward: Any, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None
     ) -> torch.Tensor:
         if self.ours:
             return forward(input_ids, mask, positions)
+        if self.layer is not None:
+            out = forward(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            return out.hidden_states[self.layer]
         return forward(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
     @property

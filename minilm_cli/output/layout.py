@@ -6,6 +6,8 @@
   OUTPUT/.minilm-shards/{prefix}SSSSS.json one commit marker per finished shard (see manifest.py)
   OUTPUT/{prefix}SSSSS.parquet             parquet layout
   OUTPUT/embeddings/{prefix}SSSSS.npy      npy layout, with OUTPUT/metadata/{prefix}SSSSS.parquet
+  OUTPUT/token_offsets/{prefix}SSSSS.npy   npy layout, --pooling none: row i's token vectors are
+                                           embeddings[offsets[i]:offsets[i + 1]] (int64, rows + 1)
   OUTPUT/rejects/{prefix}SSSSS.jsonl       rows set aside under --on-error skip
   OUTPUT/.minilm-keys/{prefix}SSSSS.npy    the shard's text keys, sorted (what --reuse looks up)
 
@@ -21,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 KEYS_FOLDER = ".minilm-keys"
-SHARD_FOLDERS = ("embeddings", "metadata", "rejects", KEYS_FOLDER)
+SHARD_FOLDERS = ("embeddings", "token_offsets", "metadata", "rejects", KEYS_FOLDER)
 MARKER_FOLDER = ".minilm-shards"
 TMP_SUFFIX = ".tmp"
 EXTENSIONS = ("parquet", "npy", "jsonl", "json")
@@ -82,11 +84,14 @@ class Layout:
     def shard_name(self, index: int) -> str:
         return f"{self.prefix}{index:05d}"
 
-    def shard_files(self, index: int, fmt: str) -> dict[str, str]:
-        """Role -> path relative to OUTPUT, for shard ``index`` of layout ``fmt``."""
+    def shard_files(self, index: int, fmt: str, tokens: bool = False) -> dict[str, str]:
+        """Role -> path relative to OUTPUT, for shard ``index`` of layout ``fmt`` (``tokens``:
+        --pooling none's token vectors, which need a row index beside them in the npy layout)."""
         name = self.shard_name(index)
         if fmt == "npy":
             files = {"embeddings": f"embeddings/{name}.npy", "metadata": f"metadata/{name}.parquet"}
+            if tokens:
+                files["token_offsets"] = f"token_offsets/{name}.npy"
         else:
             files = {"data": f"{name}.parquet"}
         files["keys"] = f"{KEYS_FOLDER}/{name}.npy"

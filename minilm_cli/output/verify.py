@@ -20,6 +20,7 @@ from .manifest import Manifest, ManifestError, find_manifests, layout_of
 from .merge import settings_mix_problems, stale_merge_problems
 from .tables import read_table
 from .verify_keys import KeyChecks
+from .verify_tokens import TokenShard, read_token_shard
 from .writers import NUMPY_DTYPES, sha256_of
 
 
@@ -168,14 +169,15 @@ class _Verifier:
         if problems:
             return problems
         try:
-            embeddings, meta = self.read_shard(entry["files"], settings.get("format", "parquet"))
+            embeddings, meta = self.read_shard(entry["files"], settings)
             problems += self.check_schema(shard, entry["files"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a finding, not a crash
             return [f"unreadable: {' '.join(str(exc).split())[:200]}"]
-        problems += stored_type_problems(embeddings.dtype, settings.get("dtype", "float32"))
-        embeddings = embeddings.astype(np.float32, copy=False)  # every stored type is exact in float32
+        if isinstance(embeddings, np.ndarray):  # token shards are read as float32 (verify_tokens)
+            problems += stored_type_problems(embeddings.dtype, settings.get("dtype", "float32"))
+            embeddings = embeddings.astype(np.float32, copy=False)  # every stored type is exact in float32
         problems += self.check_rows(shard, entry, settings, embeddings, meta)
-        if not problems and self.keys is not None:
+        if not problems and self.keys is not None and not isinstance(embeddings, TokenShard):
             problems += self.keys.check(entry, embeddings)
         return problems
 
@@ -194,19 +196,28 @@ class _Verifier:
         return [f"columns ({theirs}) differ from {first}'s ({ours})"]
 
     def check_rows(
-        self, shard: _Shard, entry: dict, settings: dict, embeddings: np.ndarray, meta: pa.Table
+        self,
+        shard: _Shard,
+        entry: dict,
+        settings: dict,
+        embeddings: np.ndarray | TokenShard,
+        meta: pa.Table,
     ) -> list[str]:
-        problems = []
         rows = entry["rows"]
         ids = meta.column("id")
-        if embeddings.shape[0] != rows or len(ids) != rows:
-            problems.append(
-                f"holds {embeddings.shape[0]} embeddings and {len(ids)} id rows, manifest says {rows}"
-            )
+        if isinstance(embeddings, TokenShard):  # --pooling none: a list of token vectors per row
+            problems = list(embeddings.problems)
+            held, dim = embeddings.rows, embeddings.dim
+            bad = embeddings.rows_not_finite() if rows else 0
+        else:
+            problems = []
+            held, dim = embeddings.shape[0], embeddings.shape[1]
+            bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
+        if held != rows or len(ids) != rows:
+            problems.append(f"holds {held} embeddings and {len(ids)} id rows, manifest says {rows}")
         width = stored_width(settings.get("dim"), settings.get("dtype", "float32"))
-        if rows and embeddings.shape[1] != width:
-            problems.append(f"{embeddings.shape[1]} values a row, manifest's dim and dtype say {width}")
-        bad = int((~np.isfinite(embeddings)).any(axis=1).sum()) if rows else 0
+        if rows and dim != width:
+            problems.append(f"{dim} values a row, manifest's dim and dtype say {width}")
         if bad:
             problems.append("1 row holds NaN or Inf" if bad == 1 else f"{bad} rows hold NaN or Inf")
         if ids.null_count:
@@ -224,7 +235,10 @@ class _Verifier:
             problems.append(f"manifest lists {entry['rejected']} rejects but no rejects file")
         return problems
 
-    def read_shard(self, files: dict, layout: str) -> tuple[np.ndarray, pa.Table]:
+    def read_shard(self, files: dict, settings: dict) -> tuple[np.ndarray | TokenShard, pa.Table]:
+        layout = settings.get("format", "parquet")
+        if settings.get("pooling") == "none":
+            return read_token_shard(self.storage, self.root, files, layout)
         if layout == "npy":
             with self.storage.open_read(os.path.join(self.root, files["embeddings"]["path"])) as f:
                 embeddings = np.load(f)

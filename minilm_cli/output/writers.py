@@ -13,6 +13,7 @@ import json
 import select
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ..batching import Chunk
 from ..errors import InputError
+from ..model.tokens import TokenVectors
 from ..sources.values import schema_difference
 from ..storage import PendingFile, Storage, storage_for
 from .layout import Layout
@@ -71,18 +73,36 @@ def sha256_of(storage: Storage, path: str) -> str:
     return digest.hexdigest()
 
 
-def embedding_array(embeddings: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    """``fixed_size_list<dtype>[width]``: int8 for int8 and binary, uint8 for uint8 and ubinary.
-    Quantized rows already hold their stored values (an exact cast here)."""
+def embedding_array(embeddings: np.ndarray | TokenVectors, dtype: str) -> pa.Array:
+    """``fixed_size_list<dtype>[width]`` per row: int8 for int8 and binary, uint8 for uint8 and
+    ubinary (quantized rows already hold their stored values: an exact cast here); for token
+    vectors, a list of them per row."""
+    if isinstance(embeddings, TokenVectors):
+        per_token = embedding_array(embeddings.vectors, dtype)
+        return pa.ListArray.from_arrays(pa.array(embeddings.offsets, pa.int32()), per_token)
     values = pa.array(embeddings.astype(NUMPY_DTYPES[dtype], copy=False).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(values, embeddings.shape[1])
 
 
-def metadata_table(chunk: Chunk) -> pa.Table:
+def token_columns(tokens: TokenVectors) -> dict[str, pa.ListArray]:
+    """--pooling none's per-token columns: ids and each token's characters in the original text."""
+    offsets = pa.array(tokens.offsets, pa.int32())
+    values = {
+        "token_ids": tokens.token_ids,
+        "token_char_start": tokens.spans[:, 0],
+        "token_char_end": tokens.spans[:, 1],
+    }
+    return {name: pa.ListArray.from_arrays(offsets, pa.array(v, pa.int32())) for name, v in values.items()}
+
+
+def metadata_table(chunk: Chunk, embeddings: object = None) -> pa.Table:
     table = pa.table({"id": chunk.ids})
     if chunk.keep is not None:
         for name in chunk.keep.column_names:
             table = table.append_column(name, chunk.keep.column(name))
+    if isinstance(embeddings, TokenVectors):
+        for name, column in token_columns(embeddings).items():
+            table = table.append_column(name, column)
     return table
 
 
@@ -146,6 +166,8 @@ class _OpenShard:
         self.parquet: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
         self.npy: _NpySpool | None = None
+        self.token_offsets: list[np.ndarray] = []  # --pooling none, npy: each row's first token, per chunk
+        self.token_count = 0
 
     def _create(self, role: str) -> PendingFile:
         pending = self.w.storage.create(self.w.layout.path(self.files[role]))
@@ -159,11 +181,18 @@ class _OpenShard:
             lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in chunk.rejects)
             stream.write(lines.encode("utf-8"))
             self.rejected += len(chunk.rejects)
-        table = metadata_table(chunk)
+        table = metadata_table(chunk, embeddings)
         if self.w.fmt == "npy":
+            tokens = embeddings if isinstance(embeddings, TokenVectors) else None
+            matrix = tokens.vectors if tokens is not None else embeddings
             if self.npy is None:
-                self.npy = _NpySpool(self.w.storage, embeddings.shape[1], NUMPY_DTYPES[self.w.dtype])
-            self.npy.append(embeddings)
+                self.npy = _NpySpool(self.w.storage, matrix.shape[1], NUMPY_DTYPES[self.w.dtype])
+            self.npy.append(matrix)
+            if tokens is not None:
+                if "token_offsets" not in self.files:
+                    self.files = self.w.layout.shard_files(self.w.index, "npy", tokens=True)
+                self.token_offsets.append(tokens.offsets[:-1] + self.token_count)
+                self.token_count += tokens.tokens
         else:
             table = table.add_column(1, "embedding", embedding_array(embeddings, self.w.dtype))
         if len(chunk) or self.parquet is None:
@@ -209,6 +238,9 @@ class _OpenShard:
             if self.npy is None:  # a shard of rejects only still gets its (empty) arrays
                 self.npy = _NpySpool(self.w.storage, 0, NUMPY_DTYPES[self.w.dtype])
             self.npy.write_to(self._create("embeddings").stream)
+            if "token_offsets" in self.files:
+                starts = np.concatenate([*self.token_offsets, [self.token_count]]).astype(np.int64)
+                np.save(self._create("token_offsets").stream, starts, allow_pickle=False)
         if self.keys:
             write_keys(self._create("keys").stream, np.concatenate(self.keys))
         records = {}
@@ -291,16 +323,26 @@ class JsonLinesWriter:
         self.stream = stream or sys.stdout
         self.integers = dtype not in ("float32", "float16")  # quantized rows: JSON integers
 
-    def write(self, chunk: Chunk, embeddings: np.ndarray) -> None:
-        if self.integers:
+    def write(self, chunk: Chunk, embeddings: np.ndarray | TokenVectors) -> None:
+        if self.integers and isinstance(embeddings, np.ndarray):
             embeddings = embeddings.astype(np.int64)
-        meta = metadata_table(chunk).to_pylist()
+        meta = metadata_table(chunk, embeddings).to_pylist()
         lines = []
-        for row, vector in zip(meta, embeddings.tolist()):
+        for row, vector in zip(meta, _row_vectors(embeddings)):
             row["embedding"] = vector
             lines.append(json.dumps(row, default=str))
         if lines:
             write_all(self.stream, "\n".join(lines) + "\n")
+
+
+def _row_vectors(embeddings: np.ndarray | TokenVectors) -> Iterator[list]:
+    """Each row's embedding as JSON lists: a vector, or (--pooling none) a list of token vectors."""
+    if not isinstance(embeddings, TokenVectors):
+        yield from embeddings.tolist()
+        return
+    bounds = embeddings.offsets
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield embeddings.vectors[a:b].tolist()
 
 
 def write_all(stream: IO[str], text: str) -> None:

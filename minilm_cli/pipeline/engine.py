@@ -51,7 +51,7 @@ class LocalEngine:
                 embedded = (
                     self.embedder.run(chunk.tokens, on_batch=stages.on_batch)
                     if chunk.tokens
-                    else empty(self.embedder.dim)
+                    else self.embedder.empty()
                 )
                 stages.timers["model"] += time.perf_counter() - t
                 yield chunk, embedded
@@ -82,7 +82,3 @@ def embedder_runtime(embedder: Embedder, engine: str) -> dict[str, Any]:
         "transformers": version("transformers"),  # without importing it: seconds per process
         "python": platform.python_version(),
     }
-
-
-def empty(dim: int) -> np.ndarray:
-    return np.zeros((0, dim), dtype=np.float32)

@@ -34,6 +34,7 @@ SAME_BYTES = (
     "truncate_dim",
     "ranges",
     "overflow",
+    "layer",
 )
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import ON_ERROR, OVERFLOW, EmbedConfig, kept_problem
+from ..config import ON_ERROR, OVERFLOW, TOKEN_COLUMNS, EmbedConfig, kept_problem
 from ..errors import InputError
 from ..model import Embedder
 from ..model.quantize import StoredForm
@@ -26,6 +26,7 @@ def build_embedder(cfg: EmbedConfig) -> Embedder:
         batch_tokens=cfg.batch_tokens,
         compile=cfg.compile,
         threads=cfg.threads,
+        layer=cfg.layer,
     )
 
 
@@ -55,9 +56,11 @@ def run_settings(
 
     ``formats`` are the input formats read. ``tsv_quoting`` is recorded only where it changes
     what is read (a TSV input, quotes quoting): a manifest without it (written before the
-    flag, or without TSV quoting) ran with quotes as text, and is compared as such. Likewise
-    ``txt_blank_lines``: a text input's blank lines are not records; a manifest of text input
-    without the key numbered them, so it is refused rather than continued off by one."""
+    flag, or without TSV quoting) ran with quotes as text, and is compared as such. ``layer``
+    likewise: recorded only when it is not the last hidden state (the only one an earlier
+    output can hold). ``txt_blank_lines``: a text input's blank lines are not records; a
+    manifest of text input without the key numbered them, so it is refused rather than
+    continued off by one."""
     model = embedder.source
     settings = {
         "model": {"name": model.name, "source": model.source, "weights_sha256": model.weights_sha256},
@@ -88,6 +91,8 @@ def run_settings(
     }
     if stored is not None:
         settings.update(stored.settings())
+    if embedder.network.layer is not None:
+        settings["layer"] = embedder.network.layer  # hidden_states' index, never negative
     if "tsv" in formats and cfg.tsv_quoting != "none":
         settings["tsv_quoting"] = cfg.tsv_quoting
     if "txt" in formats:
@@ -119,6 +124,8 @@ def metadata_schema(cfg: EmbedConfig, schema: pa.Schema | None) -> pa.Schema | N
             pa.field("char_end", pa.int64()),
             pa.field("tokens", pa.int32()),
         ]
+    if cfg.pooling == "none":  # one entry per token (model/tokens.py); embedding goes in at 1
+        columns += [pa.field(name, pa.list_(pa.int32())) for name in TOKEN_COLUMNS]
     return pa.schema(columns)
 
 
@@ -147,13 +154,14 @@ def check_config(cfg: EmbedConfig) -> None:
     from .stored import check_stored  # here, not at the top: stored imports the stage list
 
     check_stored(cfg)
+    _check_token_output(cfg)
     for name in ("chunk_size", "shard_rows", "batch_size", "batch_tokens"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def _check_columns(cfg: EmbedConfig) -> None:
-    problem = kept_problem(cfg.keep_columns, cfg.overflow)
+    problem = kept_problem(cfg.keep_columns, cfg.overflow, cfg.pooling)
     if problem:
         raise InputError(problem)
 
@@ -170,6 +178,28 @@ def _check_overflow(cfg: EmbedConfig) -> None:
             "--reuse does not work with --overflow mean: a mean row pools a whole document's "
             "windows, and --reuse copies vectors of single texts or windows; run without --reuse"
         )
+
+
+def _check_token_output(cfg: EmbedConfig) -> None:
+    """--pooling none writes a list of token vectors per row; the stages that copy one vector
+    per row (--reuse) or pool windows (--overflow mean) do not apply. Repeated texts are simply
+    embedded again: deduplication is off."""
+    if cfg.layer is not None and not isinstance(cfg.layer, int):
+        raise InputError(f"--layer {cfg.layer!r}: expected an integer")
+    if cfg.pooling != "none":
+        return
+    if cfg.reuse:
+        raise InputError("--reuse does not work with --pooling none (it copies one vector per row)")
+    if cfg.overflow == "mean":
+        raise InputError("--overflow mean pools windows: use --overflow split with --pooling none")
+    if cfg.normalize:
+        raise InputError("--normalize does not apply to --pooling none: token vectors are never normalised")
+    if cfg.dtype not in ("float32", "float16") or cfg.truncate_dim is not None:
+        raise InputError(
+            "--dtype int8/uint8/binary/ubinary and --truncate-dim are for pooled vectors: "
+            "--pooling none stores token vectors as float32 or float16"
+        )
+    cfg.dedup = False
 
 
 def check_windows(cfg: EmbedConfig, embedder: Embedder) -> None:

@@ -65,7 +65,8 @@ class Stages:
             capacity = CAPACITY if self.cfg.dedup else 0
             self.chunk_stages = [RowPlanner(capacity, self.reuse), self.tokenize]
             self.truncation = TruncatedRows(capacity, self.overflows)
-            self.model_stages.append(expand_rows(RowExpander(capacity)))
+            if self.embedder is None or self.embedder.pooling != "none":  # token rows: no copies to expand
+                self.model_stages.append(expand_rows(RowExpander(capacity)))
         add_stages(self)  # --overflow split / mean / reject: windows replace the plain tokenizer
         if self.stored is not None and self.stored.changes_vectors:
             self._add_store_stage()
@@ -165,10 +166,12 @@ class Stages:
         if not texts:
             return chunk, {}
         embedder = self.embedder
-        ids, lengths, overflowed = embedder.token_ids([clip_text(text, embedder) for text in texts])
+        # clip_text keeps a prefix, so --pooling none's spans index the original text too
+        ids, lengths, overflowed, spans = embedder.token_ids([clip_text(text, embedder) for text in texts])
         tokenized = time.perf_counter()
         chunk.tokens = embedder.batch_ids(ids, lengths, sum(overflowed))
         chunk.tokens.overflowed = overflowed
+        chunk.tokens.spans = spans
         return chunk, {"tokenize": tokenized - t, "pad": time.perf_counter() - tokenized}
 
     def overflows(self, texts: list[str]) -> list[bool]:

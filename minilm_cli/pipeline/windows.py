@@ -34,6 +34,7 @@ from ..sources.checks import json_id
 from .window_edges import next_start, sentence_ends, window_end, word_starts
 
 TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
+TOKEN_SPANS = "__minilm_token_spans"  # --pooling none: each token's (start, end) in the text, likewise
 PIECE_TOKENS = 16  # a piece of text is about this many --max-length's worth of characters / 16
 SPACES = " \n\t\r"  # cut points every BERT-style pre-tokenizer splits at (no control characters)
 
@@ -52,6 +53,7 @@ class WindowPlan:
     prefix: np.ndarray  # special ids before a window's tokens ([CLS])
     suffix: np.ndarray  # and after them ([SEP])
     piece_chars: int
+    spans: bool = False  # carry each token's character span to the model's output (--pooling none)
 
     @property
     def span(self) -> int:
@@ -78,6 +80,7 @@ def plan_windows(cfg: EmbedConfig, embedder: Any) -> WindowPlan:
     max_length = embedder.max_length
     stride = default_stride(max_length) if cfg.stride is None else cfg.stride
     plan = WindowPlan(tok, max_length, stride, prefix, suffix, max_length * PIECE_TOKENS)
+    plan.spans = embedder.pooling == "none"
     if plan.span < 1:
         raise InputError(f"--max-length {max_length} leaves no room for text beside the special tokens")
     if not 0 <= stride < plan.span:
@@ -128,6 +131,7 @@ class Window:
     ids: np.ndarray  # int32 text tokens, no special tokens
     char_start: int
     char_end: int
+    spans: np.ndarray | None = None  # (tokens, 2): each token's characters in the whole text
 
 
 @dataclass
@@ -157,8 +161,13 @@ class _Buffer:
 
     def window(self, count: int) -> Window:
         if not count:
-            return Window(self.ids[:0].copy(), 0, 0)
-        return Window(self.ids[:count].copy(), int(self.offsets[0, 0]), int(self.offsets[count - 1, 1]))
+            return Window(self.ids[:0].copy(), 0, 0, self.offsets[:0].copy())
+        return Window(
+            self.ids[:count].copy(),
+            int(self.offsets[0, 0]),
+            int(self.offsets[count - 1, 1]),
+            self.offsets[:count].copy(),
+        )
 
 
 def windows_of(
@@ -186,7 +195,9 @@ def text_windows(plan: WindowPlan, text: str, encoding: Any = None) -> Iterator[
     ids = np.asarray(encoding.ids, dtype=np.int32)
     offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     if len(ids) <= plan.span:  # one window, whatever its edges
-        return iter([Window(ids, int(offsets[0, 0]), int(offsets[-1, 1])) if len(ids) else Window(ids, 0, 0)])
+        if not len(ids):
+            return iter([Window(ids, 0, 0, offsets)])
+        return iter([Window(ids, int(offsets[0, 0]), int(offsets[-1, 1]), offsets)])
     return windows_of(plan, text, iter([(ids, offsets, word_starts(encoding))]))
 
 
@@ -210,6 +221,7 @@ class _Gathered:
     ends: list[int] = field(default_factory=list)
     ids: list[np.ndarray] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    spans: list[np.ndarray] = field(default_factory=list)
 
     def add(self, row: int, number: int, window: Window, text: str) -> None:
         self.rows.append(row)
@@ -218,8 +230,10 @@ class _Gathered:
         self.ends.append(window.char_end)
         self.ids.append(window.ids)
         self.texts.append(text[window.char_start : window.char_end])
+        if window.spans is not None:
+            self.spans.append(window.spans)
 
-    def rows_of(self, piece: CheckedRows, specials: int, continues: bool) -> WindowRows:
+    def rows_of(self, piece: CheckedRows, specials: int, continues: bool, spans: bool = False) -> WindowRows:
         index = pa.array(self.rows, pa.int64())
         lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
         offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
@@ -231,6 +245,9 @@ class _Gathered:
             "tokens": pa.array(lengths + specials, pa.int32()),
             TOKEN_IDS: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
         }
+        if spans:  # two values per token: start, end
+            flat = np.concatenate(self.spans).reshape(-1) if self.spans else np.zeros(0, np.int64)
+            columns[TOKEN_SPANS] = pa.ListArray.from_arrays(pa.array(offsets * 2), pa.array(flat, pa.int32()))
         keep = piece.keep.take(index) if piece.keep is not None else None
         if keep is None:
             keep = pa.table(columns)
@@ -263,12 +280,12 @@ def _split_piece(plan: WindowPlan, piece: CheckedRows, max_rows: int) -> Iterato
     for row, text in enumerate(piece.texts):
         for number, window in enumerate(text_windows(plan, text, encodings.pop(row, None))):
             if len(gathered.rows) == max_rows:
-                out = gathered.rows_of(piece, plan.specials, continues=number > 0)
+                out = gathered.rows_of(piece, plan.specials, number > 0, plan.spans)
                 out.rejects, rejects = rejects, []
                 yield out
                 gathered = _Gathered()
             gathered.add(row, number, window, text)
-    out = gathered.rows_of(piece, plan.specials, continues=False)
+    out = gathered.rows_of(piece, plan.specials, False, plan.spans)
     out.rejects = rejects
     yield out
 
@@ -290,13 +307,20 @@ def tokenize_windows(
             t = time.perf_counter()
             if chunk.keep is not None and TOKEN_IDS in chunk.keep.column_names:
                 column = chunk.keep.column(TOKEN_IDS).combine_chunks()
-                chunk.keep = chunk.keep.drop_columns([TOKEN_IDS])
+                spans = chunk.keep.column(TOKEN_SPANS).combine_chunks() if plan.spans else None
+                chunk.keep = chunk.keep.drop_columns(
+                    [c for c in (TOKEN_IDS, TOKEN_SPANS) if c in chunk.keep.column_names]
+                )
                 if planner is not None:
                     offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
                     rows = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
                     planner.plan(chunk, token_keys(rows))
-                    column = column.take(pa.array(chunk.dedup.unique_rows, pa.int64()))
+                    unique = pa.array(chunk.dedup.unique_rows, pa.int64())
+                    column = column.take(unique)
+                    spans = spans.take(unique) if spans is not None else None
                 chunk.tokens = window_tokens(plan, embedder, column)
+                if spans is not None:
+                    chunk.tokens.spans = window_spans(plan, spans)
             timers["tokenize"] += time.perf_counter() - t
             yield chunk
 
@@ -321,6 +345,19 @@ def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> Toke
         body[bounds[1:] - tail + k] = False
     flat[body] = values[offsets[0] : offsets[-1]]
     return embedder.batch_ids(FlatIds(flat, bounds), lengths, truncated=0)
+
+
+def window_spans(plan: WindowPlan, column: pa.ListArray) -> list[np.ndarray]:
+    """Each window's token spans with (0, 0) for its [CLS] and [SEP], as window_tokens lays them out."""
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy().reshape(-1, 2)
+    head, tail = len(plan.prefix), len(plan.suffix)
+    rows = []
+    for a, b in zip(offsets[:-1] // 2, offsets[1:] // 2):
+        row = np.zeros((head + (b - a) + tail, 2), dtype=np.int32)
+        row[head : head + (b - a)] = values[a:b]
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------- record check: reject
