@@ -213,12 +213,8 @@ class Embedder:
             itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1])
         )
         overflowed = [bool(e.overflowing) for e in encodings]
-        return (
-            FlatIds(values, offsets),
-            lengths,
-            overflowed,
-            [encoding_spans(e) for e in encodings] if spans else None,
-        )
+        spans = [encoding_spans(e) for e in encodings] if want_spans else None
+        return FlatIds(values, offsets), lengths, overflowed, spans
 
     def encode(self, texts: list[str], spans: bool = False) -> list[Any]:
         """The tokenizer's encodings of ``texts`` (ids, overflow), without character offsets
