@@ -78,9 +78,14 @@ def zeros_run(dim: int):
 
 
 def run_pipeline(source: Path, model_dir: Path, out: Path, spec: str, model: str, args: argparse.Namespace):
+    import dataclasses
+
     from minilm_cli.config import EmbedConfig
     from minilm_cli.pipeline import build_embedder, run_job
 
+    # (an EmbedConfig from before --host-workers runs with its reader-thread tokenizer: A/B runs)
+    known = {f.name for f in dataclasses.fields(EmbedConfig)}
+    workers = {"host_workers": int(spec.rstrip("r"))} if "host_workers" in known else {}
     cfg = EmbedConfig(
         inputs=[str(source)],
         output=str(out),
@@ -91,8 +96,8 @@ def run_pipeline(source: Path, model_dir: Path, out: Path, spec: str, model: str
         chunk_size=args.chunk_size,
         overwrite=True,
         quiet=True,
-        host_workers=int(spec.rstrip("r")),
         threads=1,
+        **workers,
     )
     embedder = build_embedder(cfg)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if spec.endswith("r") else "false"

@@ -54,9 +54,11 @@ def run_on_devices(cfg: EmbedConfig, devices: list[str]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     events: Any = ctx.Queue()
     threads = cfg.threads or max(1, usable_cpus() // len(devices))
+    from .pipeline.host import spare_cores
+
     host = cfg.host_workers
     if host is None and any(not d.startswith("cpu") for d in devices):
-        host = max(1, usable_cpus() // len(devices) - 1)  # each GPU's share of the spare cores
+        host = spare_cores(usable_cpus() // len(devices))  # each GPU's share of the cores
     procs = []
     since = time.time_ns() - 2_000_000_000 if cfg.overwrite else None  # older: the replaced run's
     for index, device in enumerate(devices):

@@ -46,6 +46,27 @@ def test_gpu_bench_runs_on_cpu():
 
 
 @pytest.mark.slow
+def test_host_bench_prints_the_limit_and_a_row_per_run():
+    args = [
+        "--rows",
+        "300",
+        "--long-rows",
+        "20",
+        "--workers",
+        "0,2",
+        "--formats",
+        "jsonl",
+        "--chunk-size",
+        "100",
+    ]
+    out = _run(str(BENCH / "host.py"), *args)
+    assert out.count("TOKENIZER LIMIT") == 2  # mixed and long
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["mixed"], ["long"])]
+    assert len(rows) == 2 * 2 * 2  # corpora x models x worker counts
+    assert all(float(r[6]) > 0 for r in rows)  # of_limit
+
+
+@pytest.mark.slow
 def test_memory_bench_stays_within_its_bound():
     """Ten times the rows, about the same peak RSS: the bound the benchmark states (15%)."""
     out = _run(

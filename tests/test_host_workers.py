@@ -173,3 +173,18 @@ def test_flat_ids_pad_like_row_by_row_padding():
         assert batch.input_ids[k].tolist() == expect
         assert batch.attention_mask[k].tolist() == [1] * len(rows[i]) + [0] * (width - len(rows[i]))
     assert batch.input_ids.dtype == np.int64 and batch.attention_mask.dtype == np.int64
+
+
+def test_default_host_workers_per_device(monkeypatch):
+    import torch
+
+    from minilm_cli.pipeline import host
+
+    monkeypatch.setattr(host, "usable_cpus", lambda: 16)
+    assert host.host_workers(None, torch.device("cpu")) == 1
+    assert host.host_workers(None, torch.device("cuda")) == 4  # capped: each worker holds a chunk
+    assert host.host_workers(3, torch.device("cuda")) == 3
+    assert host.host_workers(0, torch.device("cpu")) == 0
+    monkeypatch.setattr(host, "usable_cpus", lambda: 2)
+    assert host.host_workers(None, torch.device("cuda")) == 1
+    assert host.spare_cores(1) == 1

@@ -303,8 +303,8 @@ _EMBED_OPTIONS = [
         callback=at_most(MAX_THREADS),
         envvar="MINILM_HOST_WORKERS",
         help="Threads that tokenize and pad chunks beside the reader (0: on the reader thread). "
-        "Output bytes are the same for any count. Default: 1 on a CPU, every spare core on a "
-        "GPU. [env MINILM_HOST_WORKERS]",
+        "Output bytes are the same for any count. Default: 1 on a CPU, the spare cores (at most 4) "
+        "beside a GPU. [env MINILM_HOST_WORKERS]",
     ),
     click.option(
         "--num-shards",

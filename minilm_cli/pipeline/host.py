@@ -25,18 +25,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # On a CPU the model and the tokenizer share the cores: one tokenizing thread beside the
-# reader and the model measured best end to end (bench/host.py, README "Host workers").
+# reader lets reading overlap tokenizing without taking a core from the model
+# (docs/PERFORMANCE.md, "Host pipeline": on two cores 0..3 workers were within the noise).
 CPU_DEFAULT = 1
+# Beside a GPU the tokenizer's own pool spreads each chunk over every core; more threads
+# than this only overlap the Python around it, and each holds a chunk in memory.
+ACCELERATOR_MAX = 4
 
 
 def host_workers(requested: int | None, device: torch.device) -> int:
-    """Tokenizing threads for a run: as asked, else one on a CPU and every spare core
-    (all but the model's feeding thread) on an accelerator. 0 tokenizes on the reader thread."""
+    """Tokenizing threads for a run: as asked, else one on a CPU and, beside an accelerator,
+    the spare cores (all but the model's feeding thread) up to ACCELERATOR_MAX. 0 tokenizes
+    on the reader thread."""
     if requested is not None:
         return requested
     if device.type == "cpu":
         return CPU_DEFAULT
-    return max(1, usable_cpus() - 1)
+    return spare_cores(usable_cpus())
+
+
+def spare_cores(cores: int) -> int:
+    """Host workers beside an accelerator that has ``cores`` CPU cores to itself."""
+    return max(1, min(ACCELERATOR_MAX, cores - 1))
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
