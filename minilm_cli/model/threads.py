@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 import torch
 
-PROBE_BATCHES = 4  # batches per candidate in one probe (alternating)
+PROBE_BATCHES = 3  # batches per candidate in one probe (alternating), at most
+CLEAR = 1.5  # a probe ends as soon as one count is this much slower per token than another
 PROBE_EVERY_S = 5.0  # model seconds before the first re-probe; doubles while the choice stands
 PROBE_EVERY_MAX_S = 60.0
 MARGIN = 0.05  # a candidate must be this much faster per token to replace the current count
@@ -32,10 +33,10 @@ class ThreadTuner:
         self.current = most
         self.candidates = sorted({most, max(1, most - 1), max(1, most // 2)}, reverse=True)
         self.changes: list[int] = []  # the counts chosen after the first, in order
-        self._plan: list[int] = self._probe_plan()
+        self._plan: list[int] = []  # the first batch warms the kernels up: not a fair sample
         self._probe: dict[int, list[float]] = {n: [0.0, 0.0] for n in self.candidates}
         self._since_probe = 0.0
-        self._interval = PROBE_EVERY_S
+        self._interval = 0.0  # probe right after the first batch
 
     def _probe_plan(self) -> list[int]:
         return self.candidates * PROBE_BATCHES if len(self.candidates) > 1 else []
@@ -53,12 +54,18 @@ class ThreadTuner:
             self._plan.pop(0)
             spent = self._probe[threads]
             spent[0], spent[1] = spent[0] + seconds, spent[1] + padded_tokens
-            if not self._plan:
+            if not self._plan or self._clear():
+                self._plan = []
                 self._decide()
         else:
             self._since_probe += seconds
             if self._since_probe >= self._interval:
                 self._plan, self._since_probe = self._probe_plan(), 0.0
+
+    def _clear(self) -> bool:
+        """Every count sampled once and one far slower than another: more batches would only cost."""
+        per_token = [s / t for s, t in self._probe.values() if t]
+        return len(per_token) == len(self.candidates) and max(per_token) > CLEAR * min(per_token)
 
     def _decide(self) -> None:
         per_token = {n: s / max(t, 1) for n, (s, t) in self._probe.items() if t}
@@ -68,7 +75,7 @@ class ThreadTuner:
             self.changes.append(best)
             self._interval = PROBE_EVERY_S
         else:
-            self._interval = min(self._interval * 2, PROBE_EVERY_MAX_S)
+            self._interval = min(max(self._interval * 2, PROBE_EVERY_S), PROBE_EVERY_MAX_S)
         self._probe = {n: [0.0, 0.0] for n in self.candidates}
 
     def note(self) -> str:
