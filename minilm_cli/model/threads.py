@@ -20,7 +20,7 @@ import torch
 
 PROBE_BATCHES = 3  # batches per candidate in one probe (alternating), at most
 CLEAR = 1.5  # a probe ends as soon as one count is this much slower per token than another
-PROBE_EVERY_S = 5.0  # model seconds before the first re-probe; doubles while the choice stands
+PROBE_EVERY_S = 10.0  # model seconds before the first re-probe; doubles while the choice stands
 PROBE_EVERY_MAX_S = 60.0
 MARGIN = 0.05  # a candidate must be this much faster per token to replace the current count
 
