@@ -20,7 +20,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..batching import Batch, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
-from ..devices import choose_device, choose_precision, cpu_has_native_bf16, usable_cpus  # noqa: E402
+from ..devices import (  # noqa: E402
+    choose_device,
+    choose_precision,
+    cpu_has_native_bf16,
+    precision_reason,
+    usable_cpus,
+)
 from ..errors import InputError  # noqa: E402
 from .pooling import POOLINGS, pool, read_pooling_config  # noqa: E402
 from .source import resolve_model, shorten  # noqa: E402
@@ -56,6 +62,7 @@ class Embedder:
         self.source = resolve_model(model)
         self.device = choose_device(device)
         self.precision = choose_precision(precision, self.device)
+        self.precision_reason = precision_reason(precision, self.device)
         if _USER_TOKENIZERS_PARALLELISM is None:
             os.environ["TOKENIZERS_PARALLELISM"] = "false" if self.device.type == "cpu" else "true"
         self.tuner: ThreadTuner | None = None  # the default thread count, checked as it runs
@@ -141,6 +148,7 @@ class Embedder:
             "max_length": self.max_length,
             "device": str(self.device),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "compile": self.compiled,
             "batch_tokens": self.batch_tokens,
             "batch_size": self.batch_size,
