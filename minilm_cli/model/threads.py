@@ -12,6 +12,7 @@ time, then at doubling intervals while the choice stands. ``--threads N`` is exa
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ CLEAR = 1.5  # a probe ends as soon as one count is this much slower per token t
 PROBE_EVERY_S = 10.0  # model seconds before the first re-probe; doubles while the choice stands
 PROBE_EVERY_MAX_S = 60.0
 MARGIN = 0.05  # a candidate must be this much faster per token to replace the current count
+FAR_SLOWER = 2.0  # a count that lost by this much is probed again only after PROBE_EVERY_MAX_S
 
 
 class ThreadTuner:
@@ -30,7 +32,8 @@ class ThreadTuner:
 
     def __init__(self, most: int) -> None:
         self.most = most
-        self.current = most
+        self.load = _load_average()  # others' claim on the cores: start one thread lower
+        self.current = self.start = most if self.load < most - 0.5 else max(1, most - 1)
         self.candidates = sorted({most, max(1, most - 1), max(1, most // 2)}, reverse=True)
         self.changes: list[int] = []  # the counts chosen after the first, in order
         self._plan: list[int] = []  # the first batch warms the kernels up: not a fair sample
@@ -76,11 +79,28 @@ class ThreadTuner:
             self._interval = PROBE_EVERY_S
         else:
             self._interval = min(max(self._interval * 2, PROBE_EVERY_S), PROBE_EVERY_MAX_S)
+        if max(per_token.values()) > FAR_SLOWER * per_token[best]:  # probing the loser costs much
+            self._interval = PROBE_EVERY_MAX_S
         self._probe = {n: [0.0, 0.0] for n in self.candidates}
+
+    @property
+    def tuned(self) -> bool:
+        """The run did not (or not only) use every core: worth a word in the summary."""
+        return bool(self.changes) or self.start != self.most
 
     def note(self) -> str:
         """For the summary line and the manifest: what the run ended on, and why."""
-        if not self.changes:
+        if not self.tuned:
             return f"{self.current} threads"
-        path = " -> ".join(str(n) for n in [self.most, *self.changes])
-        return f"{self.current} threads (tuned {path}: measured faster per token)"
+        why = [f"started at {self.start}: load average {self.load:.1f}"] if self.start != self.most else []
+        if self.changes:
+            why.append("tuned " + " -> ".join(str(n) for n in [self.start, *self.changes]))
+        return f"{self.current} of {self.most} threads ({'; '.join(why)}; measured faster per token)"
+
+
+def _load_average() -> float:
+    """The last minute's run-queue length: other processes' claim on the cores before we start."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return 0.0

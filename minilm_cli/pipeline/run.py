@@ -244,7 +244,7 @@ class Run:
 
     def finish(self) -> JobResult:
         tuner = getattr(self.embedder, "tuner", None)  # the default thread count changed mid-run
-        tuned = f"; {tuner.note()}" if tuner is not None and tuner.changes else ""
+        tuned = f"; {tuner.note()}" if tuner is not None and tuner.tuned else ""
         self.log(self.result.summary() + tuned)
         return self.result
 
