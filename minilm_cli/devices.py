@@ -36,13 +36,17 @@ def choose_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read: macOS, a sandbox)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def cpu_has_native_bf16() -> bool:
     """avx512_bf16 or AMX: where bf16 matmuls run natively and beat fp32 (measured ~2-3x)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
@@ -58,6 +62,31 @@ def choose_precision(requested: str, device: torch.device) -> str:
     if device.type == "mps":
         return "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+# Why auto chose what it did on a CPU, per feature profile, from bench/throughput.py (issue 22):
+# AMX: bf16 ~3x fp32, int8 0.75x bf16; avx512_bf16 + VNNI without AMX (AMD EPYC): bf16 1.6x
+# (mixed) / 2.1x (long) fp32, int8 1.5x / 1.2x bf16; AVX2: emulated bf16 slower than fp32.
+CPU_REASONS = {
+    "amx": "AMX: bf16 runs natively (~3x fp32); int8 is slower than bf16 there (0.75x)",
+    "avx512_bf16": "avx512_bf16 without AMX: bf16 measured 1.6-2.1x fp32; int8 (VNNI) measured "
+    "1.2-1.5x bf16 but is opt-in (min cosine ~0.99 against fp32, bf16 0.9999)",
+    "plain": "no native bf16 (avx512_bf16 or AMX): fp32; bf16 would be emulated, slower",
+}
+
+
+def precision_reason(requested: str, device: torch.device) -> str:
+    """One line for `minilm info`: why this precision (auto never picks a slower one silently)."""
+    if requested != "auto":
+        return f"asked for (--precision {requested})"
+    if device.type != "cpu":
+        return f"auto on {device.type}: the fastest supported half precision"
+    flags = cpu_flags()
+    profile = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "plain"
+    reason = CPU_REASONS[profile]
+    if profile == "plain" and {"avx512_vnni", "avx_vnni"} & flags:
+        reason += "; int8 (VNNI) is opt-in: --precision int8"
+    return f"auto: {reason}"
 
 
 def usable_cpus() -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from minilm_cli.model import Embedder, bert
-from minilm_cli.model.bert import ATTENTION_RUNGS, TOKEN_RUNGS, bucket
+from minilm_cli.model.bert import ATTENTION_RUNGS, PIECE_ROWS, bucket, pieces
 
 
 def _mixed_texts(rows: int, seed: int = 0) -> list[str]:
@@ -41,7 +41,7 @@ def test_bucket_rounds_up_to_the_ladder(n: int, rungs: int, expected: int) -> No
     assert bucket(n, rungs) == expected
 
 
-@pytest.mark.parametrize("rungs", [TOKEN_RUNGS, ATTENTION_RUNGS])
+@pytest.mark.parametrize("rungs", [4, ATTENTION_RUNGS, 16])
 def test_bucket_wastes_under_one_rung_and_has_few_values_per_octave(rungs: int) -> None:
     values = [bucket(n, rungs) for n in range(1, 70_000)]
     assert all(v >= n and (v - n) * rungs < n for n, v in zip(range(1, 70_000), values))
@@ -74,14 +74,43 @@ def test_bf16_sees_only_bucketed_shapes(tiny_model_dir: str, monkeypatch: pytest
     embedder = Embedder(model=tiny_model_dir, device="cpu", precision="bf16", max_length=128)
     rows, attention = _record_shapes(embedder.model, monkeypatch)
     _embed_in_pieces(embedder, _mixed_texts(1200))
-    assert rows and all(bucket(n, TOKEN_RUNGS) == n for n in rows), sorted(rows)
+    assert rows and all(n % PIECE_ROWS == 0 for n in rows), sorted(rows)
+    # each Linear's matmuls: power-of-two pieces, a handful of shapes however many row counts
+    shapes = {size for n in rows for size in pieces(n)}
+    assert len(rows) > len(shapes) and shapes <= {PIECE_ROWS << k for k in range(8)}, sorted(shapes)
     assert all(bucket(b, ATTENTION_RUNGS) == b and bucket(n, ATTENTION_RUNGS) == n for b, n in attention)
     # the same texts in fp32 (not bucketed: see test_fp32_is_not_bucketed) meet shapes off the ladder
     plain = Embedder(model=tiny_model_dir, device="cpu", precision="fp32", max_length=128)
     plain_rows, plain_attention = _record_shapes(plain.model, monkeypatch)
     _embed_in_pieces(plain, _mixed_texts(1200))
-    assert len(plain_rows) > len(rows) and any(bucket(n, TOKEN_RUNGS) != n for n in plain_rows)
+    assert len(plain_rows) > len(rows) and any(n % PIECE_ROWS for n in plain_rows)
     assert any(bucket(n, ATTENTION_RUNGS) != n for _, n in plain_attention)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [(32, (32,)), (96, (64, 32)), (1504, (1024, 256, 128, 64, 32)), (2048, (2048,)), (40, (32, 8))],
+)
+def test_pieces_are_the_binary_digits_of_the_row_count(rows: int, expected: tuple[int, ...]) -> None:
+    assert pieces(rows) == expected and sum(expected) == rows
+
+
+def test_a_linear_in_pieces_equals_one_matmul() -> None:
+    """Each piece is its own matmul over the same weight: rows are independent, so equal."""
+    torch.manual_seed(0)
+    linear = bert.Linear(48, 80).to(torch.bfloat16)
+    nn.init.normal_(linear.weight)
+    nn.init.normal_(linear.bias)
+    x = torch.randn(1504, 48, dtype=torch.bfloat16)
+    calls = []
+    real_addmm = torch.addmm
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:
+        whole = linear(x)
+        linear.piecewise = True
+        mp.setattr(torch, "addmm", lambda *a, **k: calls.append(a[1].shape[0]) or real_addmm(*a, **k))
+        got = linear(x)
+    assert calls == [1024, 256, 128, 64, 32]
+    torch.testing.assert_close(got.float(), whole.float(), rtol=0.01, atol=0.05)
 
 
 def test_padding_rows_never_change_real_rows(tiny_model_dir: str) -> None:

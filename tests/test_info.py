@@ -68,6 +68,11 @@ def test_auto_precision_on_a_cpu_follows_its_bf16_flags(monkeypatch, cpuinfo, na
     monkeypatch.setattr(devices, "Path", FakeProc)
     assert devices.cpu_has_native_bf16() is native
     assert devices.choose_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    reason = devices.precision_reason("auto", torch.device("cpu"))
+    expected = ("AMX" if "amx" in cpuinfo else "avx512_bf16 without AMX") if native else "fp32"
+    assert reason.startswith("auto: ") and expected in reason, reason
+    assert ("VNNI" in reason) == bool(cpuinfo and "vnni" in cpuinfo)
+    assert devices.precision_reason("fp32", torch.device("cpu")) == "asked for (--precision fp32)"
 
 
 @pytest.mark.real_model
@@ -124,6 +129,7 @@ def test_info_text(info_json: dict) -> None:
     assert "mean" in lines["pooling"] and "normalized" in lines["pooling"]
     assert lines["device"].split()[-1] == "cpu"
     assert lines["precision"].split()[-1] == info_json["precision"]
+    assert lines["why"] == f"why         {info_json['precision_reason']}"
     assert "torch" in lines["versions"]
 
 

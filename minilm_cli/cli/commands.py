@@ -198,6 +198,7 @@ def info(
     click.echo(f"pooling     {data['pooling']}{', normalized' if data['normalize'] else ''}")
     click.echo(f"device      {data['device']}")
     click.echo(f"precision   {data['precision']}")
+    click.echo(f"why         {data['precision_reason']}")
     click.echo(f"kernels     {data['kernels']}")
     click.echo("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
 

@@ -60,8 +60,26 @@ def bert_shape(config: dict) -> BertShape | None:
 
 
 class Linear(nn.Linear):
+    # bf16/fp16 (BertEncoder.use_dtype): the rows go through the matmul in pieces (see PIECE_ROWS)
+    piecewise = False
+
     def reset_parameters(self) -> None:
         """Nothing: the checkpoint's weights replace these at once (random init cost ~0.2 s)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = pieces(x.shape[0]) if self.piecewise else ()
+        if len(sizes) <= 1:
+            return F.linear(x, self.weight, self.bias)
+        out = x.new_empty(x.shape[0], self.out_features)
+        start = 0
+        for size in sizes:  # the rows of a matmul are independent: each piece is its own matmul
+            end = start + size
+            if self.bias is None:
+                torch.mm(x[start:end], self.weight.t(), out=out[start:end])
+            else:
+                torch.addmm(self.bias, x[start:end], self.weight.t(), out=out[start:end])
+            start = end
+        return out
 
 
 class Embedding(nn.Embedding):
@@ -69,13 +87,29 @@ class Embedding(nn.Embedding):
         """Nothing, as for Linear."""
 
 
-# Kernel libraries keep something per new matrix shape: oneDNN a primitive (bf16 and fp16 on
-# CPUs with native support), the CPU flash attention a brgemm kernel per padded length. Packed
-# token counts and padded batch shapes are nearly all new on real text, so with low-precision
-# weights every shape is rounded up to a rung of a geometric ladder (bucket): the number of
-# kernels stays bounded whatever the input's size, at the cost of a few padding rows.
-TOKEN_RUNGS = 16  # per doubling of the packed token count: under 1/16 of the rows are padding
+# Kernel libraries keep something per new matrix shape: oneDNN a JIT-compiled primitive per
+# bf16/fp16 matmul shape (measured on avx512_bf16: ~0.7 MiB each for a tiny model's weights,
+# ~2.7 MiB for MiniLM's, kept by both oneDNN's and ideep's caches), the CPU flash attention a
+# kernel per padded length. Packed token counts are nearly all new on real text, so below fp32
+# the packed rows are rounded up to a multiple of PIECE_ROWS and each Linear runs them as
+# pieces of power-of-two multiples of it (1,500 rows: 1,504 = 1,024 + 256 + 128 + 64 + 32):
+# each weight meets log2(rows / PIECE_ROWS) + 1 shapes in all (6 up to 2,048 rows), which a
+# short run already visits, so memory is flat in the input's size. The attention batch and
+# length are rounded up to a geometric ladder (bucket).
+PIECE_ROWS = 32  # under 32 padding rows per batch; a 32-row piece still runs at ~2/3 the speed of big ones
 ATTENTION_RUNGS = 8  # per doubling of batch rows and of padded length: under 1/8 each
+
+
+def pieces(rows: int) -> tuple[int, ...]:
+    """``rows`` as power-of-two multiples of PIECE_ROWS, largest first (its binary digits), and
+    what is left under PIECE_ROWS last, if anything (a caller that did not round up)."""
+    units, tail = divmod(rows, PIECE_ROWS)
+    sizes = tuple(PIECE_ROWS << bit for bit in reversed(range(units.bit_length())) if units >> bit & 1)
+    return sizes + (tail,) if tail else sizes
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def bucket(n: int, rungs: int) -> int:
@@ -110,16 +144,16 @@ class Layout:
 
 
 def bucketed_layout(where: torch.Tensor, attention_mask: torch.Tensor) -> Layout:
-    """The batch in a layout of bucketed shape: batch rows and length rounded up (the new rows
-    attend to their first slot only, so no row of the mask is empty), and packed rows rounded
-    up. Only arithmetic on the device: nothing waits for a GPU."""
+    """The batch in a layout of bounded shape: batch rows and length rounded up the ladder (the
+    new rows attend to their first slot only, so no row of the mask is empty), and packed rows
+    up to a multiple of PIECE_ROWS. Only arithmetic on the device: nothing waits for a GPU."""
     batch, length = attention_mask.shape
     rows, width = bucket(batch, ATTENTION_RUNGS), bucket(length, ATTENTION_RUNGS)
     slots = where // length * width + where % length
     mask = torch.zeros(rows, width, dtype=torch.bool, device=attention_mask.device)
     mask[:batch, :length] = attention_mask.bool()
     mask[batch:, 0] = True
-    extra = bucket(len(where), TOKEN_RUNGS) - len(where)
+    extra = round_up(len(where), PIECE_ROWS) - len(where)
     gather = torch.cat([slots, slots[:1].expand(extra)]) if extra else slots
     return Layout(slots, gather, mask.view(rows, 1, 1, width))
 
@@ -171,22 +205,31 @@ class BertEncoder(nn.Module):
         self.layers = nn.ModuleList(BertLayer(shape) for _ in range(shape.layers))
         self.bucketed = False
         self.depth = shape.layers
+        self.compiling = False
         self._layout = bucketed_layout
 
     def prepare_compile(self) -> None:
         """--compile: the bucketed layout's Python arithmetic on the token count runs eagerly
         (wrapped only here: torch.compiler imports dynamo, about 60 MiB and a second)."""
         self._layout = torch.compiler.disable(bucketed_layout)
+        self.compiling = True  # inductor writes its own matmuls: no pieces (and no recompiles for them)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.piecewise = False
 
     def use_dtype(self, dtype: torch.dtype) -> None:
         """Linear weights stored in ``dtype`` once (no cast per call, no autocast), LayerNorm,
-        embeddings and the residual stream in fp32; below fp32, shapes bucketed (see bucket)."""
+        embeddings and the residual stream in fp32; below fp32, shapes bounded (see PIECE_ROWS)."""
+        self.bucketed = dtype != torch.float32
         for layer in self.layers:
             for module in layer.modules():
                 if isinstance(module, nn.Linear):
                     module.to(dtype)
+                if isinstance(module, Linear):
+                    # cuBLAS keeps nothing per shape; pieces would only add launches there
+                    on_cpu = module.weight.device.type == "cpu"
+                    module.piecewise = self.bucketed and on_cpu and not self.compiling
             layer.dtype = dtype
-        self.bucketed = dtype != torch.float32
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, where: torch.Tensor | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -20,10 +21,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..batching import Batch, FlatIds, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
-from ..devices import choose_device, choose_precision, cpu_has_native_bf16, usable_cpus  # noqa: E402
+from ..devices import (  # noqa: E402
+    choose_device,
+    choose_precision,
+    cpu_has_native_bf16,
+    precision_reason,
+    usable_cpus,
+)
 from ..errors import InputError  # noqa: E402
 from .pooling import POOLINGS, pool, read_pooling_config  # noqa: E402
 from .source import resolve_model, shorten  # noqa: E402
+from .threads import ThreadTuner  # noqa: E402
 from .tokens import POOLING_NONE, TokenVectors, encoding_spans, real_tokens, token_vectors  # noqa: E402
 
 # int8 runs in fp32: its int8 Linears take and give fp32
@@ -59,10 +67,14 @@ class Embedder:
         self.source = resolve_model(model)
         self.device = choose_device(device)
         self.precision = choose_precision(precision, self.device)
+        self.precision_reason = precision_reason(precision, self.device)
         if _USER_TOKENIZERS_PARALLELISM is None:
             os.environ["TOKENIZERS_PARALLELISM"] = "false" if self.device.type == "cpu" else "true"
+        self.tuner: ThreadTuner | None = None  # the default thread count, checked as it runs
         if self.device.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
+            if threads is None and usable_cpus() > 1:
+                self.tuner = ThreadTuner(usable_cpus())
         default_tokens, default_rows = BATCH_DEFAULTS[self.device.type]
         self.batch_tokens = batch_tokens or default_tokens
         self.batch_size = batch_size or default_rows
@@ -157,6 +169,7 @@ class Embedder:
             "max_length": self.max_length,
             "device": str(self.device),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "compile": self.compiled,
             "batch_tokens": self.batch_tokens,
             "batch_size": self.batch_size,
@@ -261,7 +274,8 @@ class Embedder:
             return self.empty()
         outputs = []
         for b in chunk.batches:
-            outputs.append(self._run_batch(b))
+            with self._tuned(b):
+                outputs.append(self._run_batch(b))
             if on_batch is not None:
                 on_batch(len(b.rows))
         # One device-to-host copy per chunk: the GPU is never stalled per batch.
@@ -272,6 +286,15 @@ class Embedder:
         result = np.empty((n, self.dim), dtype=np.float32)
         result[order] = stacked
         return result
+
+    def _tuned(self, batch: Batch) -> AbstractContextManager[None]:
+        return self.tuner.batch(batch.input_ids.size) if self.tuner is not None else nullcontext()
+
+    def threads_note(self) -> str | None:
+        """The CPU threads the model ended on (and any change the tuner made), for the summary."""
+        if self.device.type != "cpu":
+            return None
+        return self.tuner.note() if self.tuner is not None else f"{torch.get_num_threads()} threads"
 
     def _run_batch(self, batch: Batch) -> torch.Tensor:
         input_ids, mask, positions = (

@@ -78,6 +78,7 @@ def embedder_runtime(embedder: Embedder, engine: str) -> dict[str, Any]:
         "batch_tokens": info["batch_tokens"],
         "batch_size": info["batch_size"],
         "kernels": info.get("kernels"),
+        "threads": embedder.threads_note(),
         "torch": torch.__version__,
         "transformers": version("transformers"),  # without importing it: seconds per process
         "python": platform.python_version(),

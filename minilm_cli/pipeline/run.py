@@ -254,7 +254,9 @@ class Run:
         return timed
 
     def finish(self) -> JobResult:
-        self.log(self.result.summary())
+        tuner = getattr(self.embedder, "tuner", None)  # the default thread count changed mid-run
+        tuned = f"; {tuner.note()}" if tuner is not None and tuner.tuned else ""
+        self.log(self.result.summary() + tuned)
         return self.result
 
     def finish_unchanged(self) -> JobResult:
