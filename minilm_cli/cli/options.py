@@ -271,7 +271,7 @@ _EMBED_OPTIONS = [
         type=click.IntRange(1),
         callback=at_most(MAX_THREADS),
         help="CPU threads for the model, exactly. Default: the cores this process may use; "
-        "below fp32, dropped to fewer while fewer measure faster (a busy core).",
+        "in bf16/fp16, dropped to fewer while fewer measure faster (a busy core).",
     ),
     click.option(
         "--num-shards",
