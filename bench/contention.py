@@ -48,7 +48,8 @@ def embed(source: Path, out: Path, flags: list[str], precision: str) -> tuple[fl
     summary = [line for line in proc.stderr.splitlines() if "rows/s" in line][-1]
     rate = float(re.search(r"([\d.]+) rows/s", summary).group(1))
     tail = summary.split("rows/s")[-1]  # a thread count the tuner changed ends the line
-    return rate, tail.split("; ")[-1] if " threads (" in tail else ""
+    at = tail.find(" threads (")
+    return rate, tail[tail.rfind("; ", 0, at) + 2 :] if at >= 0 else ""
 
 
 def main() -> None:
