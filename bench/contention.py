@@ -47,8 +47,9 @@ def embed(source: Path, out: Path, flags: list[str], precision: str) -> tuple[fl
         sys.exit(f"run failed ({proc.returncode}): {proc.stderr[-500:]}")
     summary = [line for line in proc.stderr.splitlines() if "rows/s" in line][-1]
     rate = float(re.search(r"([\d.]+) rows/s", summary).group(1))
-    tuned = summary.split("rows/s")[-1]
-    return rate, tuned.split("; ")[-1] if "tuned" in tuned else ""
+    tail = summary.split("rows/s")[-1]  # a thread count the tuner changed ends the line
+    at = tail.find(" threads (")
+    return rate, tail[tail.rfind("; ", 0, at) + 2 :] if at >= 0 else ""
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ def test_it_probes_again_when_a_core_becomes_busy(monkeypatch: pytest.MonkeyPatc
 
 
 def test_threads_given_are_exact(tiny_model_dir: str) -> None:
-    embedder = Embedder(model=tiny_model_dir, device="cpu", threads=1)
+    assert Embedder(model=tiny_model_dir, device="cpu", precision="fp32").tuner is None  # bytes kept
+    embedder = Embedder(model=tiny_model_dir, device="cpu", precision="bf16", threads=1)
     assert embedder.tuner is None and embedder.threads_note() == "1 threads"
     embedder.embed(["a few words"] * 50)
     assert torch.get_num_threads() == 1
