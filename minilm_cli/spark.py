@@ -177,8 +177,17 @@ def embed_dataframe(
 # -- the driver side
 
 
-def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
-    """`minilm embed --engine spark`: our readers and sink here, the model on Spark."""
+def run_spark_job(cfg: EmbedConfig, master: str | None = None, parts: int | None = None) -> JobResult:
+    """`minilm embed --engine spark`: each Spark task one part of the job (spark_parts), or,
+    for stdin and ``-o -``, our readers and sink here and only the model on Spark."""
+    from .spark_parts import spark_mode
+
+    mode = spark_mode(cfg)
+    if parts is not None and mode == "driver":
+        raise InputError(
+            "--spark-parts: this run reads or writes on the driver (stdin, -o -, --num-shards, "
+            "or a --resume/--append of a single run's OUTPUT); leave the flag out"
+        )
     spark = spark_session(master, cfg.quiet)
     gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
     gpus = gpus or cfg.device.startswith("cuda")  # --device cuda: the workers' default GPU
@@ -198,7 +207,29 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
         if not _user_set_tokenizers_parallelism():
             os.environ["TOKENIZERS_PARALLELISM"] = "true"
     engine = SparkEngine(cfg, spark, driver, gpus)
+    if mode == "parts":
+        return _run_in_parts(cfg, spark, engine, parts)
     return run_job(cfg, driver, engine=engine)
+
+
+def _run_in_parts(cfg: EmbedConfig, spark: Any, engine: SparkEngine, parts: int | None) -> JobResult:
+    """Flags, inputs and the model's checks here first (bad input is one line, exit 2, before
+    any task starts), then every part on the executors."""
+    from .pipeline.run import plan_run
+    from .pipeline.settings import check_windows
+    from .pipeline.stored import check_stored
+    from .spark_parts import choose_parts, run_parts
+
+    def log(message: str) -> None:
+        if not cfg.quiet:
+            print(message, file=sys.stderr)
+
+    plan_run(cfg, log)
+    check_windows(cfg, engine.driver)
+    check_stored(cfg, engine.driver)
+    count = choose_parts(cfg, parts, engine.tasks)
+    options = {**engine.options, "compile": cfg.compile, "layer": cfg.layer}
+    return run_parts(cfg, spark, options, count, log)
 
 
 def _user_set_tokenizers_parallelism() -> bool:
@@ -340,7 +371,7 @@ class SparkEngine:
         runtime = embedder_runtime(self.driver, self.name)
         runtime.update(
             device="spark gpu" if self.gpus else "spark " + self.options["device"],
-            spark={"version": pyspark_version, "tasks_per_job": self.tasks},
+            spark={"version": pyspark_version, "mode": "driver", "tasks_per_job": self.tasks},
         )
         return runtime
 
