@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config import EmbedConfig
-from .errors import InputError, MinilmError, OutputConflict
+from .errors import ExitCode, InputError, MinilmError, OutputConflict
 from .output import manifest_name, merge_manifests
 from .output.manifest import find_manifests, manifest_parts, read_doc
 from .pipeline import JobResult
@@ -37,8 +37,8 @@ def spark_mode(cfg: EmbedConfig) -> str:
     not already a job-array part, not a single run's OUTPUT being continued); else "driver"."""
     if cfg.to_stdout or "-" in cfg.inputs or cfg.num_shards > 1:
         return "driver"
-    if (cfg.resume or cfg.append) and not cfg.overwrite and _single_run_output(cfg.output):
-        return "driver"  # continue a driver-mode (or local) run as it was written
+    if (cfg.resume or cfg.append or cfg.overwrite) and _single_run_output(cfg.output):
+        return "driver"  # continue (or replace) a driver-mode or local run as it was written
     return "parts"
 
 
@@ -65,7 +65,12 @@ def recorded_parts(root: str) -> int | None:
 
 def choose_parts(cfg: EmbedConfig, asked: int | None, parallelism: int) -> int:
     """--spark-parts, else the N OUTPUT already holds, else two parts per Spark core."""
-    held = None if cfg.overwrite else recorded_parts(cfg.output)
+    held = recorded_parts(cfg.output)
+    if cfg.overwrite and held is not None:  # a part's --overwrite sees the other parts' files as not its own
+        raise OutputConflict(
+            f"--overwrite: {redact_url(cfg.output)} holds a run of {held} parts, which the Spark "
+            "engine cannot replace in place; remove it first or choose another OUTPUT"
+        )
     if asked is not None and held is not None and asked != held:
         raise InputError(
             f"--spark-parts {asked}: {redact_url(cfg.output)} holds a run of {held} parts; "
@@ -82,7 +87,7 @@ def run_parts(cfg: EmbedConfig, spark: Any, options: dict[str, Any], parts: int,
     started = time.perf_counter()
     storage = storage_for(cfg.output)
     merged = os.path.join(cfg.output, "manifest.json")
-    if (cfg.overwrite or cfg.append) and storage.exists(merged):
+    if cfg.append and storage.exists(merged):
         storage.remove(merged)  # the parts change: the old merge would be stale (rewritten below)
     fail_once = os.environ.get(FAIL_ONCE_ENV) or None
     context = (cfg, options, parts, fail_once, storage_options())
@@ -90,15 +95,25 @@ def run_parts(cfg: EmbedConfig, spark: Any, options: dict[str, Any], parts: int,
     todo = list(range(parts))
     if calibrates(cfg):  # part 0 calibrates int8 ranges; every other part takes them
         results += _run_tasks(spark, [0], context)
+        _raise_first_failure(results, parts)
         ranges = os.path.join(cfg.output, manifest_name(0, parts))
         context = (replace(cfg, ranges=ranges, calibration=None), *context[1:])
         todo = todo[1:]
     results += _run_tasks(spark, todo, context)
+    _raise_first_failure(results, parts)
     _, problems = merge_manifests(cfg.output)
     if problems:
         why = "; ".join(problems[:3])
         raise OutputConflict(f"the parts finished but their manifests do not merge: {why}")
     return _summary(cfg, results, time.perf_counter() - started, log)
+
+
+def _raise_first_failure(results: list[dict[str, Any]], parts: int) -> None:
+    failed = [r["failed"] for r in results if "failed" in r]
+    if failed:
+        code, message = failed[0]
+        kept = "; the other parts' shards are kept (--resume)" if len(failed) < parts else ""
+        raise MinilmError(f"{len(failed)} of {parts} parts failed; first: {message}{kept}", ExitCode(code))
 
 
 def _run_tasks(spark: Any, indices: list[int], context: tuple) -> list[dict[str, Any]]:
@@ -128,8 +143,6 @@ def run_part(
     """One Spark task: part ``index`` of ``parts`` with the local pipeline, on this executor."""
     from pyspark import TaskContext
 
-    from .pipeline import run_job
-    from .spark import worker_embedder
     from .storage import configure_storage
 
     configure_storage(storage_opts)
@@ -138,6 +151,18 @@ def run_part(
     part = replace(cfg, num_shards=parts, shard_index=index, quiet=True)
     if retry:  # continue what the failed attempt committed; never replace it
         part = replace(part, resume=part.resume or not part.append, overwrite=False)
+    try:
+        return _run_part(part, options, fail_once)
+    except MinilmError as exc:  # bad input, an OUTPUT conflict: a retry would not help, and its
+        # message (after a first attempt's changes) could hide this one: the driver reports it
+        return {"failed": [int(exc.exit_code), f"part {index}: {exc}"]}
+
+
+def _run_part(part: EmbedConfig, options: dict[str, Any], fail_once: str | None) -> dict[str, Any]:
+    from .pipeline import run_job
+    from .spark import worker_embedder
+
+    parts = part.num_shards
     embedder = worker_embedder(options)
     on_rows = _failing_hook(fail_once) if fail_once else None
     while True:
