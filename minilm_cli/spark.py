@@ -1,8 +1,10 @@
-"""The Spark engine: our readers and sink on the driver, the model on Spark's executors.
+"""The Spark engine: with file inputs each Spark task embeds one part (spark_parts.py); for
+stdin and ``-o -``, our readers and sink on the driver and the model on Spark's executors.
 
     minilm embed data/*.parquet -o out/ --engine spark [--spark-master local[*]]
 
-The driver runs the local engine's stage list (read, check, chunk, tokenize) and its sink
+This module holds the session, the worker's cached Embedder (both modes) and the driver mode:
+the driver runs the local engine's stage list (read, check, chunk, tokenize) and its sink
 (shards, commit markers, rejects, manifest). Only the model runs on Spark: a window of
 tokenized chunks becomes a DataFrame of one row per chunk (its token ids), ``mapInArrow``
 embeds each on an executor's Python worker (one Embedder per worker process, reused across
