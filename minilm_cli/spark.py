@@ -230,7 +230,7 @@ def _run_in_parts(cfg: EmbedConfig, spark: Any, engine: SparkEngine, parts: int 
     check_windows(cfg, engine.driver)
     check_stored(cfg, engine.driver)
     count = choose_parts(cfg, parts, engine.tasks)
-    options = {**engine.options, "compile": cfg.compile, "layer": cfg.layer}
+    options = {**engine.options, "compile": cfg.compile}
     return run_parts(cfg, spark, options, count, log)
 
 
@@ -301,6 +301,7 @@ class SparkEngine:
             "batch_size": driver.batch_size,  # the driver plans batches, the workers run them
             "batch_tokens": driver.batch_tokens,
             "threads": cfg.threads,
+            "layer": cfg.layer,  # --layer K: the workers' network stops there too
         }
         self.tasks = max(1, int(_parallelism(spark)))  # tasks per Spark job: every core or GPU busy
         self.fail_once = os.environ.get(FAIL_ONCE_ENV) or None

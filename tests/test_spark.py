@@ -125,8 +125,9 @@ def test_spark_parts_mode_matches_local_engine(spark, fmt, tiny_model_dir, tmp_p
         assert sum("\n" in t for t in table.column("text").to_pylist()) == 43
 
 
-def test_spark_driver_mode_reads_stdin_and_matches_local_engine(spark, tiny_model_dir, tmp_path):
-    args = ["-", "--input-format", "jsonl", "--model", tiny_model_dir, *COLUMNS, *PLAN]
+@pytest.mark.parametrize("layer", [[], ["--layer", "1"]])
+def test_spark_driver_mode_reads_stdin_and_matches_local_engine(spark, layer, tiny_model_dir, tmp_path):
+    args = ["-", "--input-format", "jsonl", "--model", tiny_model_dir, *COLUMNS, *PLAN, *layer]
     stdin = (SAMPLE / "glosses.jsonl").read_text()
     _embed([str(SAMPLE / "glosses.jsonl"), *args[3:], "-o", str(tmp_path / "local")])
     _embed([*args, "-o", str(tmp_path / "spark"), "--engine", "spark"], stdin)
