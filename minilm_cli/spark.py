@@ -184,13 +184,13 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None, parts: int | None
     for stdin and ``-o -``, our readers and sink here and only the model on Spark."""
     from .spark_parts import spark_mode
 
-    mode = spark_mode(cfg)
+    spark = spark_session(master, cfg.quiet)
+    mode = spark_mode(cfg, spark)
     if parts is not None and mode == "driver":
         raise InputError(
             "--spark-parts: this run reads or writes on the driver (stdin, -o -, --num-shards, "
-            "or a --resume/--append of a single run's OUTPUT); leave the flag out"
+            "Spark Connect, or continuing a single run's OUTPUT); leave the flag out"
         )
-    spark = spark_session(master, cfg.quiet)
     gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
     gpus = gpus or cfg.device.startswith("cuda")  # --device cuda: the workers' default GPU
     # The driver only reads and tokenizes, on its CPU; precision is resolved here, once, for

@@ -32,14 +32,22 @@ LOCK_POLL_S = 1.0  # a speculative attempt waits this long between looks at the 
 FAIL_AFTER_ROWS = 64  # the FAIL_ONCE test hook fails a part once it has handed on this many rows
 
 
-def spark_mode(cfg: EmbedConfig) -> str:
-    """ "parts" where executors can read the inputs themselves (files, a directory OUTPUT,
-    not already a job-array part, not a single run's OUTPUT being continued); else "driver"."""
-    if cfg.to_stdout or "-" in cfg.inputs or cfg.num_shards > 1:
+def spark_mode(cfg: EmbedConfig, spark: Any) -> str:
+    """Mode "parts" where executors can read the inputs themselves (files, a directory OUTPUT,
+    not already a job-array part, not a single run's OUTPUT being continued, a SparkContext
+    to run plain Python tasks on, so not Spark Connect); else "driver"."""
+    if cfg.to_stdout or "-" in cfg.inputs or cfg.num_shards > 1 or not _has_context(spark):
         return "driver"
     if (cfg.resume or cfg.append or cfg.overwrite) and _single_run_output(cfg.output):
         return "driver"  # continue (or replace) a driver-mode or local run as it was written
     return "parts"
+
+
+def _has_context(spark: Any) -> bool:
+    try:
+        return spark.sparkContext is not None
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+        return False
 
 
 def _single_run_output(root: str) -> bool:
@@ -122,9 +130,13 @@ def _run_tasks(spark: Any, indices: list[int], context: tuple) -> list[dict[str,
     if not indices:
         return []
     sc = spark.sparkContext
-    sc.setJobGroup(f"minilm-parts-{os.getpid()}", "minilm embed (parts)", interruptOnCancel=True)
+    group = f"minilm-parts-{os.getpid()}"
+    sc.setJobGroup(group, "minilm embed (parts)", interruptOnCancel=True)
     try:
         return sc.parallelize(indices, len(indices)).map(lambda i: run_part(i, *context)).collect()
+    except KeyboardInterrupt:
+        sc.cancelJobGroup(group)  # Ctrl-C: stop our tasks (committed shards stay: --resume)
+        raise
     except Exception as exc:  # noqa: BLE001 - Py4J and Spark errors alike
         raise MinilmError(
             f"a Spark task failed: {task_error(exc)}; finished parts and committed shards are kept "
