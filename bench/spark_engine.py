@@ -2,6 +2,8 @@
 
     python bench/spark_engine.py [--rows 4000] [--master local[2]]
 
+Rows: the local engine; the Spark engine's parts mode (the file read by the tasks, one part per
+task) and its driver mode (the same file on stdin: read and tokenized on the driver).
 Writes the benchmark corpus to a JSONL file, then, for each engine in this one process: a
 start-up run on 256 rows (the local engine: model load; Spark: session start, Python workers
 and their model load, timed apart), then the measured run on all rows with everything warm;
@@ -25,14 +27,16 @@ from throughput import load_texts  # noqa: E402
 WARM_UP = 256  # rows: several batches, so every local[2] worker starts and loads the model
 
 
-def embed(source: Path, out: Path, extra: list[str]) -> float:
+def embed(source: Path, out: Path, extra: list[str], stdin: bool = False) -> float:
+    """One run; ``stdin``: the file is piped in, which keeps the Spark engine in driver mode."""
     from click.testing import CliRunner
 
     from minilm_cli.cli import main
 
     started = time.perf_counter()
-    args = ["embed", str(source), "-o", str(out), "--device", "cpu", "--precision", "fp32", "-q", *extra]
-    result = CliRunner().invoke(main, args)
+    read = ["-", "--input-format", "jsonl"] if stdin else [str(source)]
+    args = ["embed", *read, "-o", str(out), "--device", "cpu", "--precision", "fp32", "-q", *extra]
+    result = CliRunner().invoke(main, args, input=source.read_bytes() if stdin else None)
     if result.exit_code:
         sys.exit(f"failed ({result.exit_code}): {' '.join(args)}\n{result.output[-2000:]}")
     return time.perf_counter() - started
@@ -65,7 +69,8 @@ def main() -> None:
     session = time.perf_counter() - started
     spark = ["--engine", "spark"]
     workers = embed(small, work / "spark-small", spark)
-    rows[f"spark engine ({args.master})"] = (session + workers, embed(full, work / "spark", spark))
+    rows[f"spark parts ({args.master})"] = (session + workers, embed(full, work / "spark", spark))
+    rows[f"spark driver ({args.master})"] = (0.0, embed(full, work / "spark-driver", spark, stdin=True))
     # once more after Spark: on a shared machine the load moves, and this shows by how much
     rows["local engine, again"] = (startup, embed(full, work / "local-again", []))
 

@@ -1,8 +1,10 @@
-"""The Spark engine: our readers and sink on the driver, the model on Spark's executors.
+"""The Spark engine: with file inputs each Spark task embeds one part (spark_parts.py); for
+stdin and ``-o -``, our readers and sink on the driver and the model on Spark's executors.
 
     minilm embed data/*.parquet -o out/ --engine spark [--spark-master local[*]]
 
-The driver runs the local engine's stage list (read, check, chunk, tokenize) and its sink
+This module holds the session, the worker's cached Embedder (both modes) and the driver mode:
+the driver runs the local engine's stage list (read, check, chunk, tokenize) and its sink
 (shards, commit markers, rejects, manifest). Only the model runs on Spark: a window of
 tokenized chunks becomes a DataFrame of one row per chunk (its token ids), ``mapInArrow``
 embeds each on an executor's Python worker (one Embedder per worker process, reused across
@@ -177,9 +179,18 @@ def embed_dataframe(
 # -- the driver side
 
 
-def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
-    """`minilm embed --engine spark`: our readers and sink here, the model on Spark."""
+def run_spark_job(cfg: EmbedConfig, master: str | None = None, parts: int | None = None) -> JobResult:
+    """`minilm embed --engine spark`: each Spark task one part of the job (spark_parts), or,
+    for stdin and ``-o -``, our readers and sink here and only the model on Spark."""
+    from .spark_parts import spark_mode
+
     spark = spark_session(master, cfg.quiet)
+    mode = spark_mode(cfg, spark)
+    if parts is not None and mode == "driver":
+        raise InputError(
+            "--spark-parts: this run reads or writes on the driver (stdin, -o -, --num-shards, "
+            "Spark Connect, or continuing a single run's OUTPUT); leave the flag out"
+        )
     gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
     gpus = gpus or cfg.device.startswith("cuda")  # --device cuda: the workers' default GPU
     # The driver only reads and tokenizes, on its CPU; precision is resolved here, once, for
@@ -198,7 +209,29 @@ def run_spark_job(cfg: EmbedConfig, master: str | None = None) -> JobResult:
         if not _user_set_tokenizers_parallelism():
             os.environ["TOKENIZERS_PARALLELISM"] = "true"
     engine = SparkEngine(cfg, spark, driver, gpus)
+    if mode == "parts":
+        return _run_in_parts(cfg, spark, engine, parts)
     return run_job(cfg, driver, engine=engine)
+
+
+def _run_in_parts(cfg: EmbedConfig, spark: Any, engine: SparkEngine, parts: int | None) -> JobResult:
+    """Flags, inputs and the model's checks here first (bad input is one line, exit 2, before
+    any task starts), then every part on the executors."""
+    from .pipeline.run import plan_run
+    from .pipeline.settings import check_windows
+    from .pipeline.stored import check_stored
+    from .spark_parts import choose_parts, run_parts
+
+    def log(message: str) -> None:
+        if not cfg.quiet:
+            print(message, file=sys.stderr)
+
+    plan_run(cfg, log)
+    check_windows(cfg, engine.driver)
+    check_stored(cfg, engine.driver)
+    count = choose_parts(cfg, parts, engine.tasks)
+    options = {**engine.options, "compile": cfg.compile}
+    return run_parts(cfg, spark, options, count, log)
 
 
 def _user_set_tokenizers_parallelism() -> bool:
@@ -268,6 +301,7 @@ class SparkEngine:
             "batch_size": driver.batch_size,  # the driver plans batches, the workers run them
             "batch_tokens": driver.batch_tokens,
             "threads": cfg.threads,
+            "layer": cfg.layer,  # --layer K: the workers' network stops there too
         }
         self.tasks = max(1, int(_parallelism(spark)))  # tasks per Spark job: every core or GPU busy
         self.fail_once = os.environ.get(FAIL_ONCE_ENV) or None
@@ -340,7 +374,7 @@ class SparkEngine:
         runtime = embedder_runtime(self.driver, self.name)
         runtime.update(
             device="spark gpu" if self.gpus else "spark " + self.options["device"],
-            spark={"version": pyspark_version, "tasks_per_job": self.tasks},
+            spark={"version": pyspark_version, "mode": "driver", "tasks_per_job": self.tasks},
         )
         return runtime
 

@@ -65,7 +65,7 @@ def embed(inputs: tuple[str, ...], output: str, **opts: Any) -> None:
     if opts["engine"] == "spark":
         from ..spark import run_spark_job
 
-        run_spark_job(cfg, master=opts["spark_master"])
+        run_spark_job(cfg, master=opts["spark_master"], parts=opts["spark_parts"])
         return
     devices = parse_devices(cfg.device)
     if devices:

@@ -328,13 +328,20 @@ _EMBED_OPTIONS = [
         type=click.Choice(["local", "ray", "spark"]),
         default="local",
         show_default=True,
-        help="ray: run on a Ray cluster with Ray Data (in a clone: pip install '.[ray]'); spark: the "
-        "model runs on Spark executors, reading and writing stay here (pip install '.[spark]').",
+        help="ray: run on a Ray cluster with Ray Data (in a clone: pip install '.[ray]'); spark: each "
+        "Spark task reads, embeds and writes one part of the inputs (stdin, -o -: only the model "
+        "runs on Spark) (pip install '.[spark]').",
     ),
     click.option(
         "--spark-master",
         help="Spark engine: master URL for a new session (default local[*]); spark-submit's "
         "session or SPARK_REMOTE's (Spark Connect) is used when there is one.",
+    ),
+    click.option(
+        "--spark-parts",
+        type=click.IntRange(1, MAX_SHARDS),
+        help="Spark engine: parts (Spark tasks) the inputs are cut into, as --num-shards cuts them "
+        "(default: the parts OUTPUT already holds, else 2 per Spark core).",
     ),
     click.option(
         "--ray-address",
