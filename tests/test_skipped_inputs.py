@@ -62,6 +62,18 @@ def test_no_supported_input_files_names_every_skipped_one(tmp_path: Path) -> Non
     message = str(caught.value)
     assert message.startswith(f"no supported input files in directory {data} (skipped 2: ")
     assert f"{data / '.swap.txt'}: hidden" in message and f"{data / 'notes.md'}: {UNSUPPORTED}" in message
+    assert message.endswith(
+        "; --input-format txt (or csv, tsv, jsonl, parquet) reads files whatever their extension"
+    )
+
+
+def test_only_hidden_files_give_no_input_format_hint(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".swap.txt").write_text("x\n")
+    with pytest.raises(InputError) as caught:
+        resolve_inputs([str(data)])
+    assert "--input-format" not in str(caught.value)
 
 
 def test_many_skipped_files_are_capped_in_one_error_line(tmp_path: Path, tiny_model_dir) -> None:

@@ -160,6 +160,9 @@ def _spelled(path: str, real_folder: str) -> str:
     return real_folder
 
 
+UNSUPPORTED = "not a supported input format (by its extension)"
+
+
 class _Skipped:
     """What a walk or glob passed over: one entry per file or whole folder, with its reason."""
 
@@ -181,7 +184,12 @@ class _Skipped:
             return ""
         named = [f"{shown}: {reason}" for shown, reason in list(self.entries.items())[: self.SHOWN]]
         more = len(self.entries) - len(named)
-        return f" (skipped {len(self.entries)}: {'; '.join(named)}{f'; and {more} more' if more else ''})"
+        hint = ""
+        if UNSUPPORTED in self.entries.values():  # e.g. /usr/share/common-licenses: text without .txt
+            hint = "; --input-format txt (or csv, tsv, jsonl, parquet) reads files whatever their extension"
+        return (
+            f" (skipped {len(self.entries)}: {'; '.join(named)}{f'; and {more} more' if more else ''}){hint}"
+        )
 
 
 def _expand(pattern: str, input_format: str | None, fence: _Fence, log: Log) -> list[str]:
@@ -238,7 +246,7 @@ def _filter(
         if where is None and name.startswith("."):
             where = path, "hidden"  # temp files, editors' swap files, .DS_Store
         if where is None and not (input_format or split_extension(name)[0]):
-            where = path, "not a supported input format (by its extension)"
+            where = path, UNSUPPORTED
         if where is not None:
             skipped.add(*where)
             continue
