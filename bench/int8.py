@@ -7,7 +7,7 @@ Every variant is built on our own encoder (minilm_cli.model.bert, the default fo
 model: Linear layers on packed real tokens, fused QKV); bench/smooth.py says how SmoothQuant
 is folded into it (alpha per --alphas; input maxima from the corpus' last 256 rows, never
 evaluated):
-  - minilm-cli --precision int8: what ships (minilm_cli/int8.py): SmoothQuant a=0.8 and 16
+  - minilm-cli --precision int8: what ships (minilm_cli/model/int8.py): SmoothQuant a=0.8 and 16
     GELU channels per layer in fp32, calibrated on the packaged calibration texts (the same
     256 corpus rows);
   - torch per-channel: torch.ao dynamic int8 Linear (fbgemm), per-channel weight scales,
@@ -122,7 +122,7 @@ def build_variants(
     kept = smooth.smoothed(base, maxima, alphas[-1], ffn_out="fp32")  # the speed is alpha's
     variants[f"torch SQ a={alphas[-1]}, FFN out fp32"] = with_model(fp32, smooth.quantized(kept, True))
     calibrate = int8.calibration_run(fp32, calibration)
-    for k in splits:  # what minilm_cli/int8.py ships is the first of these at k=16, alpha 0.8
+    for k in splits:  # what minilm_cli/model/int8.py ships is the first of these at k=16, alpha 0.8
         variants[f"torch SQ a={alphas[-1]}, FFN out {k} ch fp32"] = with_model(
             fp32, int8.quantize_int8(copy.deepcopy(base), calibrate, alphas[-1], k)
         )

@@ -1,4 +1,4 @@
-"""Our own BERT encoder (minilm_cli/model/bert.py) and the loader that picks it (minilm_cli/loading.py).
+"""Our own BERT encoder (minilm_cli/model/bert.py) and the loader that picks it (minilm_cli/model/loading.py).
 
 The encoder must compute what transformers' BertModel computes, on the real weights and on
 random ones, and a model it does not implement must still load, through transformers.

@@ -1,4 +1,4 @@
-"""--precision int8 (minilm_cli/int8.py): accurate against fp32 on real text, CPU only, refused
+"""--precision int8 (minilm_cli/model/int8.py): accurate against fp32 on real text, CPU only, refused
 where it cannot apply."""
 
 from __future__ import annotations
