@@ -23,11 +23,12 @@ import pyarrow as pa
 
 from .batching import Chunk, chunk_rows
 from .config import EmbedConfig
+from .dataframes import embed_values
 from .errors import InputError
 from .pipeline import JobResult, build_embedder, run_job
 from .pipeline.dedup import text_keys
 from .pipeline.engine import embedder_runtime
-from .sources import CheckedRows, InputFile, RawRows, check_rows, check_text, resolve_inputs
+from .sources import CheckedRows, InputFile, RawRows, check_rows, resolve_inputs
 from .storage import arrow_filesystem, is_remote
 
 # Reading is light next to embedding: a quarter CPU per read task leaves the rest to the actors.
@@ -53,16 +54,8 @@ class EmbedBatches:
         self.embedder = Embedder(**embedder_options)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts, reasons = [], []
-        for value in batch.column(self.text_column).to_pylist():
-            text, reason = check_text(value, self.encoding_errors)
-            reasons.append(reason)
-            if reason is None:
-                texts.append(text)
-        good = np.array([r is None for r in reasons], dtype=bool)
-        vectors = self.embedder.embed(texts)
-        full = np.zeros((len(reasons), self.embedder.dim), dtype=np.float32)
-        full[good] = vectors
+        column = batch.column(self.text_column).to_pylist()
+        full, good, reasons = embed_values(self.embedder, column, self.encoding_errors)
         values = pa.array(full.reshape(-1))
         embedding = pa.FixedSizeListArray.from_arrays(values, self.embedder.dim, mask=pa.array(~good))
         return batch.append_column("embedding", embedding).append_column(

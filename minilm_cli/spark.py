@@ -34,13 +34,13 @@ import pyarrow as pa
 
 from .batching import Chunk
 from .config import EmbedConfig
+from .dataframes import embed_values
 from .devices import choose_precision
 from .errors import InputError, MinilmError, shown
 from .model import BATCH_DEFAULTS
 from .pipeline import JobResult, build_embedder, run_job
 from .pipeline.engine import embedder_runtime
 from .pipeline.threads import Producer
-from .sources import check_text
 
 # A test hook: the first task attempt of a run fails once, leaving a file in the (empty)
 # folder this names, so Spark's retry runs; later tasks see the file and run normally.
@@ -134,15 +134,8 @@ def embed_text_batches(text_column: str, encoding_errors: str, options: dict[str
     def embed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         embedder = worker_embedder(options)
         for batch in batches:
-            texts, reasons = [], []
-            for value in batch.column(text_column).to_pylist():
-                text, reason = check_text(value, encoding_errors)
-                reasons.append(reason)
-                if reason is None:
-                    texts.append(text)
-            good = np.array([r is None for r in reasons], dtype=bool)
-            full = np.zeros((len(reasons), embedder.dim), dtype=np.float32)
-            full[good] = embedder.embed(texts)  # length-sorted, token-budget batches, input order
+            values = batch.column(text_column).to_pylist()
+            full, good, reasons = embed_values(embedder, values, encoding_errors)
             offsets = pa.array(np.arange(len(reasons) + 1, dtype=np.int32) * embedder.dim)
             embedding = pa.ListArray.from_arrays(offsets, pa.array(full.reshape(-1)), mask=pa.array(~good))
             columns = [*batch.columns, embedding, pa.array(reasons, pa.string())]
