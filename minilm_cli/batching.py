@@ -50,6 +50,13 @@ class Chunk:
         return self.tokens.truncated if self.tokens is not None else 0
 
 
+def row_offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each row starts in rows laid end to end: ``len(lengths) + 1`` int64, from 0."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 class FlatIds:
     """Rows of token ids as one flat int32 array and row offsets: no Python object per row,
     so a chunk's ids pad in a few vectorised steps and travel between threads or processes
@@ -61,9 +68,7 @@ class FlatIds:
 
     @classmethod
     def from_rows(cls, rows: Sequence[np.ndarray]) -> FlatIds:
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = row_offsets(np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows)))
         values = np.concatenate(rows).astype(np.int32) if len(rows) else np.zeros(0, np.int32)
         return cls(values, offsets)
 

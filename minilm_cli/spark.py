@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .batching import Chunk
+from .batching import Chunk, FlatIds, row_offsets
 from .config import EmbedConfig
 from .dataframes import embed_values
 from .devices import choose_precision
@@ -115,7 +115,7 @@ def embed_token_rows(options: dict[str, Any], fail_once: str | None = None) -> A
             seqs, vectors = [], []
             for seq, lengths, ids, sizes in zip(*(batch.column(i).to_pylist() for i in range(4))):
                 lengths = np.frombuffer(lengths, dtype=np.int32).astype(np.int64)
-                rows = np.split(np.frombuffer(ids, dtype=np.int32).astype(np.int64), np.cumsum(lengths)[:-1])
+                rows = FlatIds(np.frombuffer(ids, dtype=np.int32), row_offsets(lengths))
                 ends = np.cumsum(np.frombuffer(sizes, dtype=np.int32))
                 plan = [np.arange(start, end) for start, end in zip(np.r_[0, ends[:-1]], ends)]
                 chunk = embedder.batch_ids(rows, lengths, 0, plan=plan)  # the local engine's batches

@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..batching import Batch, FlatIds, TokenizedChunk, pad_batch, plan_batches  # noqa: E402
+from ..batching import Batch, FlatIds, TokenizedChunk, pad_batch, plan_batches, row_offsets  # noqa: E402
 from ..devices import (  # noqa: E402
     choose_device,
     choose_precision,
@@ -223,8 +223,7 @@ class Embedder:
         want_spans = self.pooling == POOLING_NONE
         encodings = self.encode(texts, spans=want_spans)
         lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = row_offsets(lengths)
         values = np.fromiter(
             itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1])
         )

@@ -59,8 +59,7 @@ def token_vectors(chunk: TokenizedChunk, flat: np.ndarray) -> TokenVectors:
     chunk's row order, with each row's ids and character spans."""
     order = np.concatenate([b.rows for b in chunk.batches])
     lengths = chunk.lengths.astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = chunk.ids.offsets  # FlatIds: where each row's tokens start, in row order
     in_flat = np.zeros(len(lengths), np.int64)  # where each row's tokens begin in ``flat``
     in_flat[order] = np.concatenate(([0], np.cumsum(lengths[order])[:-1]))
     gather = np.repeat(in_flat - offsets[:-1], lengths) + np.arange(offsets[-1])

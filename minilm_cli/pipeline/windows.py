@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..batching import Chunk, FlatIds, TokenizedChunk
+from ..batching import Chunk, FlatIds, TokenizedChunk, row_offsets
 from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
@@ -333,8 +333,7 @@ def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> Toke
     values = column.values.to_numpy()
     head, tail = len(plan.prefix), len(plan.suffix)
     lengths = np.diff(offsets) + head + tail
-    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
+    bounds = row_offsets(lengths)
     flat = np.empty(int(bounds[-1]), dtype=np.int32)
     body = np.ones(len(flat), dtype=bool)
     for k, token in enumerate(plan.prefix):
