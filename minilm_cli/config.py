@@ -9,6 +9,14 @@ ON_ERROR = ("fail", "skip")
 OVERFLOW = ("truncate", "split", "mean", "reject")
 #: --dtype: the stored vectors (model/quantize.py computes them, output/writers.py types them)
 STORED_DTYPES = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+PACKED_DTYPES = ("binary", "ubinary")  # 8 dims a byte
+
+
+def stored_dim(dim: int, dtype: str) -> int:
+    """Width of a stored row: ``dim`` values, or ``ceil(dim / 8)`` bytes of bits."""
+    return (dim + 7) // 8 if dtype in PACKED_DTYPES else dim
+
+
 #: What --overflow split writes (and split and mean carry) beside the kept columns.
 WINDOW_COLUMNS = ("window", "char_start", "char_end", "tokens")
 #: What --pooling none writes beside the embedding column: one list entry per token.

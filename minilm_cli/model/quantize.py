@@ -27,15 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import STORED_DTYPES
+from ..config import PACKED_DTYPES, STORED_DTYPES, stored_dim
 
 SCALAR = ("int8", "uint8")  # need per-dimension ranges
-PACKED = ("binary", "ubinary")  # 8 dims a byte
-
-
-def stored_dim(dim: int, dtype: str) -> int:
-    """Width of a stored row: ``dim`` values, or ``ceil(dim / 8)`` bytes of bits."""
-    return (dim + 7) // 8 if dtype in PACKED else dim
 
 
 def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
@@ -52,7 +46,7 @@ def quantize(vectors: np.ndarray, dtype: str, ranges: np.ndarray | None = None) 
     vectors = np.asarray(vectors, dtype=np.float32)
     if dtype in ("float32", "float16"):
         return vectors.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
-    if dtype in PACKED:
+    if dtype in PACKED_DTYPES:
         bits = np.packbits(vectors > 0, axis=-1)
         return (bits - 128).astype(np.int8) if dtype == "binary" else bits
     if dtype not in SCALAR:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..config import stored_dim
 from ..errors import ExitCode, MinilmError
 from ..storage import Storage, redact_url, storage_for
 from .ids import DuplicateScan
@@ -286,8 +287,8 @@ class _Verifier:
 
 
 def stored_width(dim: object, dtype: str) -> object:
-    """Values a stored row holds: ``dim``, or ``ceil(dim / 8)`` bytes of bits for binary."""
-    return (dim + 7) // 8 if dtype in ("binary", "ubinary") and isinstance(dim, int) else dim
+    """Values a stored row holds (``config.stored_dim``); a manifest's non-integer ``dim`` as it is."""
+    return stored_dim(dim, dtype) if isinstance(dim, int) else dim
 
 
 def stored_type_problems(stored: np.dtype, dtype: str) -> list[str]:
