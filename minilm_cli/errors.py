@@ -61,6 +61,10 @@ class OutputConflict(MinilmError):
     exit_code = ExitCode.OUTPUT_CONFLICT
 
 
+class OutputInUse(OutputConflict):
+    """Another run holds the output's lock (a caller may wait for it rather than give up)."""
+
+
 class Interrupted(MinilmError):
     """SIGINT or SIGTERM arrived; finished shards are kept."""
 

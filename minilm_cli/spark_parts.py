@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config import EmbedConfig
-from .errors import ExitCode, InputError, MinilmError, OutputConflict
+from .errors import ExitCode, InputError, MinilmError, OutputConflict, OutputInUse
 from .output import manifest_name, merge_manifests
 from .output.manifest import find_manifests, manifest_parts, read_doc
 from .pipeline import JobResult
@@ -182,9 +182,7 @@ def _run_part(part: EmbedConfig, options: dict[str, Any], fail_once: str | None)
             engine = PartEngine(embedder, parts)
             result = run_job(part, embedder, log=lambda message: None, on_rows=on_rows, engine=engine)
             return result.totals()
-        except OutputConflict as exc:
-            if "in use by another run" not in str(exc):
-                raise
+        except OutputInUse:
             # another attempt of this part (speculation) holds its lock: once it lets go, the
             # part is complete (nothing to do) or cut short (continued from its last shard)
             time.sleep(LOCK_POLL_S)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OutputConflict
+from ..errors import OutputConflict, OutputInUse
 from .secrets import redact_url
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class LeaseLock:
             if lease is None:
                 continue  # released between our put and our read: try again
             if not lease_is_stale(lease):
-                raise OutputConflict(
+                raise OutputInUse(
                     f"OUTPUT {redact_url(_parent(self.path))} is in use by another run ({describe(lease)})"
                 )
             replaced = st.put_if_match(self.path, self._body(), etag)

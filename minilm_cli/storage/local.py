@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO
 
-from ..errors import OutputConflict
+from ..errors import OutputInUse
 from .base import FileInfo
 
 TMP_SUFFIX = ".tmp"
@@ -62,7 +62,7 @@ class LocalLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise OutputConflict(
+            raise OutputInUse(
                 f"OUTPUT {os.path.dirname(path)} is in use by another run (pid {holder})"
             ) from None
         os.ftruncate(fd, 0)
