@@ -78,9 +78,8 @@ class EmbedConfig:
     keep_columns: tuple[str, ...] = ()  # NAME, or NAME:NEWNAME to keep it under another name
     column_types: dict[str, str] = field(default_factory=dict)  # --column-type NAME=TYPE
     model: str | None = None  # None: the packaged all-MiniLM-L6-v2
-    pooling: str | None = (
-        None  # None: from the model's sentence-transformers config, else mean; "none": per token
-    )
+    # None: from the model's sentence-transformers config, else mean; "none": one vector per token
+    pooling: str | None = None
     layer: int | None = None  # hidden_states index (0: embeddings, -1: last); None: the last
     normalize: bool | None = None  # None: from the model's config, else False
     max_length: int | None = None
@@ -104,7 +103,7 @@ class EmbedConfig:
     quiet: bool = False
     compile: bool = False
     threads: int | None = None
-    host_workers: int | None = None  # tokenizing processes beside the reader; None: per device
+    host_workers: int | None = None  # tokenizing threads beside the reader; None: per device
     dedup: bool = True  # each distinct text through the model once per shard
     append: bool = False  # add the inputs OUTPUT does not hold yet, as a new generation
     reuse: tuple[str, ...] = ()  # earlier outputs whose vectors rows with the same text take

@@ -51,8 +51,9 @@ def run_settings(
 ) -> dict[str, Any]:
     """Everything that decides the bytes of the output; --resume requires it unchanged.
 
-    ``stored`` (the run's --dtype/--truncate-dim, ranges resolved) sets ``dim`` to the stored
-    row's width and adds ``truncate_dim`` and int8 ``ranges`` when they are set.
+    ``stored`` (the run's --dtype/--truncate-dim, ranges resolved) sets ``dim`` to the dims
+    kept (after --truncate-dim; binary stores them as bits) and adds ``truncate_dim`` and
+    int8 ``ranges`` when they are set.
 
     ``formats`` are the input formats read. ``tsv_quoting`` is recorded only where it changes
     what is read (a TSV input, quotes quoting): a manifest without it (written before the
