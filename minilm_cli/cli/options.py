@@ -295,8 +295,9 @@ _EMBED_OPTIONS = [
         "--threads",
         type=click.IntRange(1),
         callback=at_most(MAX_THREADS),
-        help="CPU threads for the model, exactly. Default: the cores this process may use; "
-        "in bf16/fp16, dropped to fewer while fewer measure faster (a busy core).",
+        help="CPU threads for the model, exactly. Default: the cores this process may use, "
+        "fewer when other processes keep cores busy and a short check measures fewer faster "
+        "(followed through the run in bf16/fp16).",
     ),
     click.option(
         "--host-workers",

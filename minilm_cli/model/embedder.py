@@ -31,7 +31,7 @@ from ..devices import (  # noqa: E402
 from ..errors import InputError  # noqa: E402
 from .pooling import POOLINGS, pool, read_pooling_config  # noqa: E402
 from .source import resolve_model, shorten  # noqa: E402
-from .threads import ThreadTuner  # noqa: E402
+from .threads import CoreWatch, ThreadTuner, threads_phrase  # noqa: E402
 from .tokens import POOLING_NONE, TokenVectors, encoding_spans, real_tokens, token_vectors  # noqa: E402
 
 # int8 runs in fp32: its int8 Linears take and give fp32
@@ -73,11 +73,14 @@ class Embedder:
         self.tuner: ThreadTuner | None = None  # the default thread count, checked as it runs
         if self.device.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
-            # fp32 bytes depend on the thread count (MKL splits its sums by it), and fp32 (and
-            # int8) output is promised repeatable run to run (--resume, the reference tests):
-            # those keep their count; bf16/fp16 are not compared byte for byte
-            if threads is None and usable_cpus() > 1 and self.precision in ("bf16", "fp16"):
-                self.tuner = ThreadTuner(usable_cpus())
+            # the first batch runs on the cores other processes leave free (threads.py); fp32
+            # and int8 bytes may depend on the thread count (MKL splits its sums by it), so
+            # those keep that count all run; bf16/fp16 follow the cores as they change hands
+            if threads is None and usable_cpus() > 1:
+                adaptive = self.precision in ("bf16", "fp16")  # fp32/int8: one count all run
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+                watch = CoreWatch.open(usable_cpus())
+                self.tuner = ThreadTuner(usable_cpus(), adaptive, watch, dtype)
         default_tokens, default_rows = BATCH_DEFAULTS[self.device.type]
         self.batch_tokens = batch_tokens or default_tokens
         self.batch_size = batch_size or default_rows
@@ -296,7 +299,7 @@ class Embedder:
         """The CPU threads the model ended on (and any change the tuner made), for the summary."""
         if self.device.type != "cpu":
             return None
-        return self.tuner.note() if self.tuner is not None else f"{torch.get_num_threads()} threads"
+        return self.tuner.note() if self.tuner is not None else threads_phrase(torch.get_num_threads())
 
     def _run_batch(self, batch: Batch) -> torch.Tensor:
         input_ids, mask, positions = (

@@ -1,13 +1,18 @@
-"""The default CPU thread count, kept only while it measures fastest (no --threads given).
+"""The default CPU thread count: the cores other processes leave free (no --threads given).
 
 Why: on a shared machine one busy core makes torch's thread team wait at every barrier for
 the thread that core's scheduler holds back; two threads then ran 3-4x slower than one (issue
-22). So the tuner starts with every usable core and, while batches run, probes the other
-candidates (one thread fewer, half): batches alternate between the counts, each batch timed
-per padded token, and the count with the lowest time wins. Batches of a chunk are
-length-sorted, so neighbours cost alike and alternating compares like with like. A core can
-become busy (or free) mid-run, so the probe repeats, at first after PROBE_EVERY_S of model
-time, then at doubling intervals while the choice stands. ``--threads N`` is exact: no tuner.
+22). Timing real batches at each count finds that out only by running slow batches (one cost
+as much as four fast ones). So the tuner looks first and measures small: ``CoreWatch`` reads,
+from /proc/stat, how much of our cores other processes keep busy (a niced process yields to
+us and does not count); when they take some, a check of about a third of a second times one
+fixed matmul of the model's shape at the current count and at its neighbour, alternating,
+and the faster count stays. The check runs before the first batch (when others were busy
+during the model's load) and, in bf16 and fp16, again whenever the watch sees a core taken
+or freed (at most every 10-60 s while the choice stands). Where /proc/stat cannot speak for
+our cores (another OS; a cgroup quota below the cores we may run on) the check runs at the
+start when the load average is high, and every 10-60 s. fp32 and int8 keep the count they
+start with: their bytes may depend on it and stay the same all run. ``--threads N`` is exact.
 """
 
 from __future__ import annotations
@@ -19,69 +24,155 @@ from contextlib import contextmanager
 
 import torch
 
-PROBE_BATCHES = 3  # batches per candidate in one probe (alternating), at most
-CLEAR = 1.5  # a probe ends as soon as one count is this much slower per token than another
-PROBE_EVERY_S = 10.0  # model seconds before the first re-probe; doubles while the choice stands
-PROBE_EVERY_MAX_S = 60.0
-MARGIN = 0.05  # a candidate must be this much faster per token to replace the current count
-FAR_SLOWER = 2.0  # a count that lost by this much is probed again only after PROBE_EVERY_MAX_S
+CHECK_SLICE_S = 0.06  # wall seconds of one timed slice of the check
+CHECK_ROUNDS = 2  # slices per count in one check, alternating: about 0.25-0.5 s in all
+CHECK_EVERY_S = 10.0  # wall seconds after a check before the next; doubles while the choice stands
+CHECK_EVERY_MAX_S = 60.0
+MARGIN = 0.1  # the other count must measure this much faster to replace the current one
+SUSPECT = 0.15  # cores' worth of others' busy time that is worth a check
+FREED = 0.7  # a core this free (others' time plus our threads below it) is worth a check
+MOVED = 0.5  # a change this large in the others' cores checks again before the wait is over
+WATCH_EVERY_S = 1.0  # wall seconds between readings of /proc/stat while batches run
+
+
+class CoreWatch:
+    """How many of the cores this process may use other processes keep busy, from /proc/stat:
+    the cores' busy time (user, system, interrupts, steal; niced time only when we are niced
+    too) less this process's own CPU time, per second of wall time since the last reading."""
+
+    def __init__(self, cpus: set[int], stat: str = "/proc/stat") -> None:
+        self.cpus, self.stat = {f"cpu{n}" for n in cpus}, stat
+        self.tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        self.count_nice = os.getpriority(os.PRIO_PROCESS, 0) > 0
+        self._last = self._read()
+
+    @staticmethod
+    def open(most: int) -> CoreWatch | None:
+        """A watch over our cores, or None where /proc/stat cannot tell us about them."""
+        try:
+            cpus = os.sched_getaffinity(0)
+            watch = CoreWatch(cpus) if len(cpus) == most else None  # else a quota: shared cores
+        except (AttributeError, OSError, ValueError):
+            return None
+        return watch if watch is not None and watch._last is not None else None
+
+    def _read(self) -> tuple[float, float, float] | None:
+        """(wall seconds, busy seconds of our cores, this process's CPU seconds)."""
+        busy, seen = 0, 0
+        try:
+            with open(self.stat, encoding="ascii") as f:
+                for line in f:
+                    name, *fields = line.split()
+                    if name in self.cpus:
+                        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+                        busy += user + system + irq + softirq + steal + (nice if self.count_nice else 0)
+                        seen += 1
+        except (OSError, ValueError):
+            return None
+        if seen != len(self.cpus):
+            return None
+        return time.monotonic(), busy * self.tick, time.process_time()
+
+    def others(self, least_s: float = 0.25) -> float | None:
+        """Cores' worth of other processes' busy time since the last reading; None when that was
+        less than ``least_s`` ago (too few clock ticks to tell) or /proc/stat went away."""
+        now = self._read()
+        if now is None or self._last is None or now[0] - self._last[0] < least_s:
+            return None
+        (wall0, busy0, ours0), (wall1, busy1, ours1) = self._last, now
+        self._last = now
+        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (wall1 - wall0)
 
 
 class ThreadTuner:
-    """Sets torch's thread count before each batch; learns from each batch's time."""
+    """Sets torch's thread count before each batch, from what the others take of the cores
+    and what a short check measures. ``adaptive=False``: chosen before the first batch, kept."""
 
-    def __init__(self, most: int) -> None:
-        self.most = most
-        self.load = _load_average()  # others' claim on the cores: start one thread lower
-        self.current = self.start = most if self.load < most - 0.5 else max(1, most - 1)
-        self.candidates = sorted({most, max(1, most - 1), max(1, most // 2)}, reverse=True)
+    def __init__(
+        self,
+        most: int,
+        adaptive: bool = True,
+        watch: CoreWatch | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.most, self.adaptive, self.watch, self.dtype = most, adaptive, watch, dtype
+        self.current = self.start = most
+        self.why_start = ""  # why the first batch ran on fewer than every core
         self.changes: list[int] = []  # the counts chosen after the first, in order
-        self._plan: list[int] = []  # the first batch warms the kernels up: not a fair sample
-        self._probe: dict[int, list[float]] = {n: [0.0, 0.0] for n in self.candidates}
-        self._since_probe = 0.0
-        self._interval = 0.0  # probe right after the first batch
-
-    def _probe_plan(self) -> list[int]:
-        return self.candidates * PROBE_BATCHES if len(self.candidates) > 1 else []
+        self._started = False
+        self._next_check = 0.0  # monotonic time before which no check runs
+        self._wait = CHECK_EVERY_S
+        self._watched_at = time.monotonic()
+        self._checked_at_others = 0.0  # what the others took at the last check
 
     @contextmanager
-    def batch(self, padded_tokens: int) -> Iterator[None]:
-        """Around one batch on the CPU: its thread count set, its time per token recorded."""
-        threads = self._plan[0] if self._plan else self.current
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        started = time.perf_counter()
+    def batch(self, padded_tokens: int = 0) -> Iterator[None]:
+        """Around one batch on the CPU: its thread count set (checked first when due)."""
+        if not self._started:
+            self._begin()
+        elif self.adaptive:
+            self._follow()
+        if torch.get_num_threads() != self.current:
+            torch.set_num_threads(self.current)
         yield
-        seconds = time.perf_counter() - started
-        if self._plan:
-            self._plan.pop(0)
-            spent = self._probe[threads]
-            spent[0], spent[1] = spent[0] + seconds, spent[1] + padded_tokens
-            if not self._plan or self._clear():
-                self._plan = []
-                self._decide()
+
+    def _begin(self) -> None:
+        """The first batch's count: every core, unless the others were busy while the model
+        loaded and the check says fewer threads are faster."""
+        self._started = True
+        others = self.watch.others(least_s=0.1) if self.watch is not None else None
+        if others is not None:
+            suspect, why = others >= SUSPECT, f"other processes kept {others:.1f} of {self.most} cores busy"
         else:
-            self._since_probe += seconds
-            if self._since_probe >= self._interval:
-                self._plan, self._since_probe = self._probe_plan(), 0.0
+            load = _load_average()
+            suspect, why = load >= self.most - 0.5, f"load average {load:.1f}"
+        if suspect and self.most > 1:
+            self._checked_at_others = others if others is not None else 0.0
+            self.start = self.current = self._faster(self.most, self.most - 1)
+            self.why_start = f"{why}; measured faster"
+        if suspect or self.watch is None:  # just checked, or blind: the next check waits
+            self._next_check = time.monotonic() + self._wait
 
-    def _clear(self) -> bool:
-        """Every count sampled once and one far slower than another: more batches would only cost."""
-        per_token = [s / t for s, t in self._probe.values() if t]
-        return len(per_token) == len(self.candidates) and max(per_token) > CLEAR * min(per_token)
+    def _follow(self) -> None:
+        """Between batches: a check when the cores changed hands (or, blind, on a timer)."""
+        now = time.monotonic()
+        if self.watch is None:
+            if now >= self._next_check and self.most > 1:
+                self._settle(self._faster(self.current, self.current - 1 if self.current > 1 else 2))
+            return
+        if now - self._watched_at < WATCH_EVERY_S:
+            return
+        self._watched_at = now
+        others = self.watch.others()
+        if others is None:
+            return
+        moved = abs(others - self._checked_at_others) >= MOVED
+        if now < self._next_check and not moved:
+            return  # after a check, the next waits a while unless the others' load moved
+        if others >= SUSPECT and self.current > 1:
+            self._checked_at_others = others
+            self._settle(self._faster(self.current, self.current - 1))
+        elif self.most - self.current - others >= FREED:
+            self._checked_at_others = others
+            self._settle(self._faster(self.current, self.current + 1))
 
-    def _decide(self) -> None:
-        per_token = {n: s / max(t, 1) for n, (s, t) in self._probe.items() if t}
-        best = min(per_token, key=per_token.get)
-        if best != self.current and per_token[best] < per_token[self.current] * (1 - MARGIN):
+    def _settle(self, best: int) -> None:
+        if best != self.current:
             self.current = best
             self.changes.append(best)
-            self._interval = PROBE_EVERY_S
-        else:
-            self._interval = min(max(self._interval * 2, PROBE_EVERY_S), PROBE_EVERY_MAX_S)
-        if max(per_token.values()) > FAR_SLOWER * per_token[best]:  # probing the loser costs much
-            self._interval = PROBE_EVERY_MAX_S
-        self._probe = {n: [0.0, 0.0] for n in self.candidates}
+            self._wait = CHECK_EVERY_S
+        else:  # the choice stands: check less often
+            self._wait = min(self._wait * 2, CHECK_EVERY_MAX_S)
+        self._next_check = time.monotonic() + self._wait
+
+    def _faster(self, current: int, other: int) -> int:
+        """The count whose matmuls per second measure higher (``current`` unless ``other`` is
+        MARGIN faster), alternating the two so a passing load falls on both."""
+        rates = {current: 0.0, other: 0.0}
+        for threads in (current, other) * CHECK_ROUNDS:
+            rates[threads] += matmul_rate(threads, self.dtype)
+        torch.set_num_threads(self.current)
+        return other if rates[other] > rates[current] * (1 + MARGIN) else current
 
     @property
     def tuned(self) -> bool:
@@ -91,11 +182,42 @@ class ThreadTuner:
     def note(self) -> str:
         """For the summary line and the manifest: what the run ended on, and why."""
         if not self.tuned:
-            return f"{self.current} threads"
-        why = [f"started at {self.start}: load average {self.load:.1f}"] if self.start != self.most else []
+            return threads_phrase(self.current)
+        why = [f"started at {self.start}: {self.why_start}"] if self.start != self.most else []
         if self.changes:
-            why.append("tuned " + " -> ".join(str(n) for n in [self.start, *self.changes]))
-        return f"{self.current} of {self.most} threads ({'; '.join(why)}; measured faster per token)"
+            why.append("then " + " -> ".join(str(n) for n in [self.start, *self.changes]))
+            why[-1] += " as the cores changed hands"
+        return f"{self.current} of {self.most} threads ({'; '.join(why)})"
+
+
+def matmul_rate(threads: int, dtype: torch.dtype, seconds: float = CHECK_SLICE_S) -> float:
+    """Matmuls per second of one FFN-shaped product (256 tokens, hidden 384 -> 1536) on
+    ``threads`` threads, over about ``seconds``: each is a parallel region, so a thread the
+    scheduler holds back shows as it does in the model. One fixed shape: one kernel kept."""
+    torch.set_num_threads(threads)
+    x, w = _check_operands(dtype)
+    done, started = 0, time.perf_counter()
+    while True:
+        torch.nn.functional.linear(x, w)
+        done += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+_OPERANDS: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _check_operands(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    if dtype not in _OPERANDS:
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(256, 384, generator=g), torch.randn(1536, 384, generator=g)
+        _OPERANDS[dtype] = (x.to(dtype), w.to(dtype))
+    return _OPERANDS[dtype]
+
+
+def threads_phrase(n: int) -> str:
+    return "1 thread" if n == 1 else f"{n} threads"
 
 
 def _load_average() -> float:
