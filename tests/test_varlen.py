@@ -193,6 +193,9 @@ def test_the_default_mode_per_device_and_dtype(monkeypatch) -> None:
     assert attention_mode(cuda, torch.bfloat16, compiling=True) == "padded"
     assert attention_mode(cpu, torch.bfloat16, compiling=False) == "padded"
     assert attention_mode(cpu, torch.float32, compiling=False) == "padded"
+    monkeypatch.setenv(bert.ATTENTION_ENV, "varlen")
+    assert attention_mode(cuda, torch.bfloat16, compiling=True) == "padded"  # --compile: always
+    assert attention_mode(cpu, torch.float32, compiling=False) == "varlen"
     monkeypatch.setenv(bert.ATTENTION_ENV, "Padded")
     assert attention_mode(cuda, torch.bfloat16, compiling=False) == "padded"
     monkeypatch.setenv(bert.ATTENTION_ENV, "flash")

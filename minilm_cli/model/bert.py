@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -183,9 +184,12 @@ def varlen_layout(layout: Layout, attention_mask: torch.Tensor) -> Layout:
 
 
 def attention_mode(device: torch.device, dtype: torch.dtype, compiling: bool) -> str:
-    """varlen where a fused varlen kernel runs (CUDA, fp16/bf16, eager), else padded; the
-    environment's MINILM_ATTENTION wins. fp32 on CUDA stays padded: its jagged path (the
-    memory-efficient kernel) has not been measured; --compile too (varying ints would recompile)."""
+    """varlen where a fused varlen kernel runs (CUDA, fp16/bf16), else padded; the environment's
+    MINILM_ATTENTION wins, except under --compile, which is always padded (the compiled graph
+    would see a new int per batch, and recompile). fp32 on CUDA stays padded: its jagged path
+    (the memory-efficient kernel) has not been measured."""
+    if compiling:
+        return "padded"
     forced = os.environ.get(ATTENTION_ENV, "").strip().lower()
     if forced:
         if forced not in ATTENTION_MODES:
@@ -193,7 +197,7 @@ def attention_mode(device: torch.device, dtype: torch.dtype, compiling: bool) ->
 
             raise InputError(f"{ATTENTION_ENV}={forced!r}: expected one of {', '.join(ATTENTION_MODES)}")
         return forced
-    return "varlen" if device.type == "cuda" and dtype in HALF and not compiling else "padded"
+    return "varlen" if device.type == "cuda" and dtype in HALF else "padded"
 
 
 VarlenKernel = Callable[..., torch.Tensor]
@@ -231,8 +235,11 @@ def varlen_attention(
         nested = torch.nested.nested_tensor_from_jagged(values, starts, min_seqlen=1, max_seqlen=longest)
         return nested.transpose(1, 2)  # (sequences, heads, {length}, head dim)
 
-    with warnings.catch_warnings():  # the CPU math backend builds strided nested tensors, which warn
-        warnings.simplefilter("ignore", UserWarning)
+    # the CPU math backend builds strided nested tensors, which warn (catch_warnings is process-wide,
+    # hence only there: a CPU runs this for tests alone)
+    with nullcontext() if q.is_cuda else warnings.catch_warnings():
+        if not q.is_cuda:
+            warnings.simplefilter("ignore", UserWarning)
         out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v))
     return out.transpose(1, 2).values()
 
@@ -347,7 +354,7 @@ class BertEncoder(nn.Module):
             rows = torch.cat([where, where[:1].expand(len(layout.gather) - len(where))])
         else:
             layout, rows = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length)), where
-        if self.attention_mode() == "varlen":
+        if not self.compiling and self.attention_mode() == "varlen":  # (no environ read in a graph)
             layout = varlen_layout(layout, attention_mask)
         x = self.word_embeddings(input_ids.reshape(-1).index_select(0, rows))
         x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(rows % length)
