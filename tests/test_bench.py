@@ -50,6 +50,14 @@ def test_gpu_bench_runs_on_cpu():
 
 
 @pytest.mark.slow
+def test_varlen_bench_runs_on_cpu():
+    out = _run(
+        str(BENCH / "varlen.py"), "--device", "cpu", "--rows", "64", "--rounds", "1", "--precisions", "fp32"
+    )
+    assert "fp32      padded" in out and "fp32      varlen" in out and "vs padded" in out
+
+
+@pytest.mark.slow
 def test_host_bench_prints_the_limit_and_a_row_per_run():
     args = [
         "--rows",
