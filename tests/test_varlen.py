@@ -187,6 +187,10 @@ def test_varlen_equals_bertmodel_on_the_real_model(real_model_dir: str, monkeypa
 def test_the_default_mode_per_device_and_dtype(monkeypatch) -> None:
     monkeypatch.delenv(bert.ATTENTION_ENV, raising=False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not bert.flash_capable(cpu)
+    monkeypatch.setattr(bert, "flash_capable", lambda device: False)  # a T4, a V100
+    assert attention_mode(cuda, torch.bfloat16, compiling=False) == "padded"
+    monkeypatch.setattr(bert, "flash_capable", lambda device: device.type == "cuda")  # Ampere on
     assert attention_mode(cuda, torch.bfloat16, compiling=False) == "varlen"
     assert attention_mode(cuda, torch.float16, compiling=False) == "varlen"
     assert attention_mode(cuda, torch.float32, compiling=False) == "padded"

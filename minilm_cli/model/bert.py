@@ -184,9 +184,9 @@ def varlen_layout(layout: Layout, attention_mask: torch.Tensor) -> Layout:
 
 
 def attention_mode(device: torch.device, dtype: torch.dtype, compiling: bool) -> str:
-    """varlen where a fused varlen kernel runs (CUDA, fp16/bf16), else padded; the environment's
-    MINILM_ATTENTION wins, except under --compile, which is always padded (the compiled graph
-    would see a new int per batch, and recompile). fp32 on CUDA stays padded: its jagged path
+    """varlen where flash's varlen kernel runs (CUDA from Ampere on, fp16/bf16), else padded;
+    the environment's MINILM_ATTENTION wins, except under --compile, which is always padded (the
+    compiled graph would see a new int per batch, and recompile). fp32 on CUDA stays padded: its jagged path
     (the memory-efficient kernel) has not been measured."""
     if compiling:
         return "padded"
@@ -197,7 +197,22 @@ def attention_mode(device: torch.device, dtype: torch.dtype, compiling: bool) ->
 
             raise InputError(f"{ATTENTION_ENV}={forced!r}: expected one of {', '.join(ATTENTION_MODES)}")
         return forced
-    return "varlen" if device.type == "cuda" and dtype in HALF else "padded"
+    return "varlen" if dtype in HALF and flash_capable(device) else "padded"
+
+
+@cache
+def _capability_at_least_ampere(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def flash_capable(device: torch.device) -> bool:
+    """Whether flash attention runs on this device: CUDA, compute capability 8.0 (Ampere) or
+    newer (a T4 or V100 keeps the padded path). A cached host query: no sync."""
+    if device.type != "cuda":
+        return False
+    return _capability_at_least_ampere(
+        device.index if device.index is not None else torch.cuda.current_device()
+    )
 
 
 VarlenKernel = Callable[..., torch.Tensor]
@@ -214,9 +229,13 @@ def _torch_varlen_attn() -> VarlenKernel | None:
 
 
 def flash_varlen(q: torch.Tensor) -> VarlenKernel | None:
-    """The flash varlen kernel for these queries, or None where it does not run (a CPU, fp32):
+    """The flash varlen kernel for these queries, or None where it does not run (a CPU, fp32, a
+    GPU before Ampere, a head size flash does not take):
     varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k) on (rows, heads, head dim)."""
-    return _torch_varlen_attn() if q.is_cuda and q.dtype in HALF else None
+    head = q.shape[-1]
+    if q.dtype not in HALF or head % 8 or head > 256 or not flash_capable(q.device):
+        return None
+    return _torch_varlen_attn()
 
 
 def varlen_attention(
