@@ -42,7 +42,19 @@ def test_throughput_bench_prints_both_tables():
 @pytest.mark.slow
 def test_gpu_bench_runs_on_cpu():
     out = _run(str(BENCH / "gpu.py"), "--device", "cpu", "--rows", "32", "--rounds", "1", "--no-compile")
-    assert "minilm-cli auto -> " in out and "TFLOP/s" in out
+    assert "TFLOP/s" in out and "GPU utilisation sampler: none" in out
+    engines = ("sentence-transformers fp16", "model only, padded", "embed() in memory", "run_job, 1 host")
+    for engine in engines:
+        assert engine in out
+    assert "bf16: run_job / model only = " in out and "sentence-transformers fp16 = " in out
+
+
+@pytest.mark.slow
+def test_varlen_bench_runs_on_cpu():
+    out = _run(
+        str(BENCH / "varlen.py"), "--device", "cpu", "--rows", "64", "--rounds", "1", "--precisions", "fp32"
+    )
+    assert "fp32      padded" in out and "fp32      varlen" in out and "vs padded" in out
 
 
 @pytest.mark.slow

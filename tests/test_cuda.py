@@ -80,14 +80,53 @@ def test_batching_does_not_change_vectors_on_cuda(real_model_dir: str, texts: li
     assert min_cosine(together, alone) >= 0.99999
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_attends_without_padding(
+    real_model_dir: str, texts: list[str], cpu_fp32, precision: str, monkeypatch
+) -> None:
+    """fp16/bf16 on CUDA default to the varlen path (bert.attention_mode), which gives what
+    the padded path gives."""
+    from minilm_cli.model import Embedder
+    from minilm_cli.model.bert import ATTENTION_ENV, flash_varlen
+
+    monkeypatch.delenv(ATTENTION_ENV, raising=False)
+    embedder = Embedder(real_model_dir, device="cuda", precision=precision)
+    assert embedder.model.attention_mode() == "varlen"
+    probe = torch.empty(0, device="cuda", dtype=embedder.model.linear_dtype)
+    assert ("flash varlen" in embedder.kernels()) == (flash_varlen(probe) is not None)
+    varlen = embedder.embed(texts)
+    monkeypatch.setenv(ATTENTION_ENV, "padded")
+    padded = embedder.embed(texts)
+    assert min_cosine(varlen, padded) >= 0.9999
+    assert min_cosine(varlen, cpu_fp32) >= 0.999
+
+
+def test_fp32_varlen_on_cuda_matches_the_cpu(
+    real_model_dir: str, texts: list[str], cpu_fp32, monkeypatch
+) -> None:
+    """Forced varlen in fp32: SDPA on nested jagged tensors (the memory-efficient kernel)."""
+    from minilm_cli.model import Embedder
+    from minilm_cli.model.bert import ATTENTION_ENV
+
+    monkeypatch.setenv(ATTENTION_ENV, "varlen")
+    gpu = Embedder(real_model_dir, device="cuda", precision="fp32").embed(texts)
+    assert np.abs(gpu - cpu_fp32).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("precision", "attention"), [("auto", ""), ("fp16", ""), ("bf16", "padded"), ("fp32", "varlen")]
+)
 def test_batches_are_pinned_and_run_without_waiting_for_the_gpu(
-    real_model_dir: str, texts: list[str]
+    real_model_dir: str, texts: list[str], precision: str, attention: str, monkeypatch
 ) -> None:
     """A batch's copies are async and nothing inside the forward pass makes the host wait:
-    torch raises on any synchronising call while sync-debug mode is "error"."""
+    torch raises on any synchronising call while sync-debug mode is "error". Both attention
+    paths (the default in half precision is varlen; fp32 varlen is the nested-jagged one)."""
     from minilm_cli.model import Embedder
+    from minilm_cli.model.bert import ATTENTION_ENV
 
-    embedder = Embedder(real_model_dir, device="cuda")
+    monkeypatch.setenv(ATTENTION_ENV, attention)
+    embedder = Embedder(real_model_dir, device="cuda", precision=precision)
     chunk = embedder.tokenize(texts)
     assert chunk.batches
     for b in chunk.batches:

@@ -15,7 +15,12 @@ to transformers' AutoModel. Weights load from safetensors only: no pickle is eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -23,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+ATTENTION_ENV = "MINILM_ATTENTION"
+ATTENTION_MODES = ("varlen", "padded")
+HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,10 @@ class Layout:
     gather: torch.Tensor  # (packed rows,): the slot each packed row reads back; rows past the
     # real tokens (bucket padding) repeat the first real slot, so they stay finite and unread
     key_mask: torch.Tensor  # (batch, 1, 1, length) bool
+    # varlen attention only: where each sequence starts in the packed rows, and the total, as
+    # (sequences + 1,) int32 (flash's cu_seqlens); ``longest`` bounds every sequence's length
+    starts: torch.Tensor | None = None
+    longest: int = 0
 
     @property
     def batch(self) -> int:
@@ -158,6 +170,99 @@ def bucketed_layout(where: torch.Tensor, attention_mask: torch.Tensor) -> Layout
     return Layout(slots, gather, mask.view(rows, 1, 1, width))
 
 
+def varlen_layout(layout: Layout, attention_mask: torch.Tensor) -> Layout:
+    """``layout`` with the sequence starts varlen attention needs. The packed rows are the real
+    tokens in row-major order, so each row's tokens are one run; the bucket padding rows past
+    them become one more sequence of their own. Device arithmetic and shapes only: no sync."""
+    batch, length = attention_mask.shape
+    extra = len(layout.gather) - len(layout.where)
+    lengths = attention_mask.sum(1, dtype=torch.int32)
+    if extra:
+        lengths = torch.cat([lengths, lengths.new_full((1,), extra)])
+    starts = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    return replace(layout, starts=starts, longest=max(length, extra))
+
+
+def attention_mode(device: torch.device, dtype: torch.dtype, compiling: bool) -> str:
+    """varlen where flash's varlen kernel runs (CUDA from Ampere on, fp16/bf16), else padded;
+    the environment's MINILM_ATTENTION wins, except under --compile, which is always padded (the
+    compiled graph would see a new int per batch, and recompile). fp32 on CUDA stays padded: its jagged path
+    (the memory-efficient kernel) has not been measured."""
+    if compiling:
+        return "padded"
+    forced = os.environ.get(ATTENTION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ATTENTION_MODES:
+            from ..errors import InputError
+
+            raise InputError(f"{ATTENTION_ENV}={forced!r}: expected one of {', '.join(ATTENTION_MODES)}")
+        return forced
+    return "varlen" if dtype in HALF and flash_capable(device) else "padded"
+
+
+@cache
+def _capability_at_least_ampere(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def flash_capable(device: torch.device) -> bool:
+    """Whether flash attention runs on this device: CUDA, compute capability 8.0 (Ampere) or
+    newer (a T4 or V100 keeps the padded path). A cached host query: no sync."""
+    if device.type != "cuda":
+        return False
+    return _capability_at_least_ampere(
+        device.index if device.index is not None else torch.cuda.current_device()
+    )
+
+
+VarlenKernel = Callable[..., torch.Tensor]
+
+
+@cache
+def _torch_varlen_attn() -> VarlenKernel | None:
+    """torch's own flash varlen entry point (torch.nn.attention.varlen, torch >= 2.9), if any."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def flash_varlen(q: torch.Tensor) -> VarlenKernel | None:
+    """The flash varlen kernel for these queries, or None where it does not run (a CPU, fp32, a
+    GPU before Ampere, a head size flash does not take):
+    varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k) on (rows, heads, head dim)."""
+    head = q.shape[-1]
+    if q.dtype not in HALF or head % 8 or head > 256 or not flash_capable(q.device):
+        return None
+    return _torch_varlen_attn()
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, longest: int
+) -> torch.Tensor:
+    """Each sequence's rows (``starts``) attend to that sequence's rows only; q, k, v and the
+    result are (packed rows, heads, head dim). Flash's varlen kernel where it runs, else SDPA on
+    nested jagged tensors (CUDA: the fused jagged kernels; a CPU: the math backend, for tests)."""
+    flash = flash_varlen(q)
+    if flash is not None:
+        return flash(q, k, v, starts, starts, longest, longest)
+
+    def jagged(x: torch.Tensor) -> torch.Tensor:
+        # min/max given, so torch never reads them off the offsets (a device sync)
+        values = x.contiguous()  # the math backend wants each of q, k, v dense (a copy)
+        nested = torch.nested.nested_tensor_from_jagged(values, starts, min_seqlen=1, max_seqlen=longest)
+        return nested.transpose(1, 2)  # (sequences, heads, {length}, head dim)
+
+    # the CPU math backend builds strided nested tensors, which warn (catch_warnings is process-wide,
+    # hence only there: a CPU runs this for tests alone)
+    with nullcontext() if q.is_cuda else warnings.catch_warnings():
+        if not q.is_cuda:
+            warnings.simplefilter("ignore", UserWarning)
+        out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v))
+    return out.transpose(1, 2).values()
+
+
 class BertLayer(nn.Module):
     # the Linear layers' dtype (their weights are stored in it); the residual stream, LayerNorm
     # and GELU's input stay in the dtype of x (fp32), as autocast would have them
@@ -181,13 +286,23 @@ class BertLayer(nn.Module):
 
     def attend(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Self-attention, its output projection and LayerNorm: the half before the FFN."""
-        batch, length, real = layout.batch, layout.length, layout.where.shape[0]
         qkv = self.qkv(x.to(self.dtype))
+        if layout.starts is not None:
+            rows = qkv.shape[0]
+            q, k, v = qkv.view(rows, 3, self.heads, -1).unbind(1)
+            context = varlen_attention(q, k, v, layout.starts, layout.longest).reshape(rows, -1)
+        else:
+            context = self.padded_attention(qkv, layout)
+        return self.attention_norm(self.attention_out(context) + x)
+
+    def padded_attention(self, qkv: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """The packed rows scattered into the (batch, length) layout, SDPA with the key mask,
+        and the packed rows gathered back."""
+        batch, length, real = layout.batch, layout.length, layout.where.shape[0]
         padded = qkv.new_zeros(batch * length, qkv.shape[1]).index_copy_(0, layout.where, qkv[:real])
         q, k, v = padded.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask)
-        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, layout.gather)
-        return self.attention_norm(self.attention_out(context) + x)
+        return context.transpose(1, 2).reshape(batch * length, -1).index_select(0, layout.gather)
 
 
 class BertEncoder(nn.Module):
@@ -206,7 +321,20 @@ class BertEncoder(nn.Module):
         self.bucketed = False
         self.depth = shape.layers
         self.compiling = False
+        self.linear_dtype = torch.float32  # use_dtype's
         self._layout = bucketed_layout
+
+    def attention_mode(self) -> str:
+        """varlen or padded, for the device the weights sit on and the Linear layers' dtype."""
+        return attention_mode(self.word_embeddings.weight.device, self.linear_dtype, self.compiling)
+
+    def attention_name(self) -> str:
+        """The attention this encoder runs, for ``minilm info`` and the manifest's kernels."""
+        if self.attention_mode() == "padded":
+            return "sdpa, packed tokens (minilm_cli.model.bert)"
+        probe = torch.empty(0, device=self.word_embeddings.weight.device, dtype=self.linear_dtype)
+        kernel = "flash varlen" if flash_varlen(probe) is not None else "sdpa on nested jagged tensors"
+        return f"{kernel}, packed tokens without padding (minilm_cli.model.bert)"
 
     def prepare_compile(self) -> None:
         """--compile: the bucketed layout's Python arithmetic on the token count runs eagerly
@@ -221,6 +349,7 @@ class BertEncoder(nn.Module):
         """Linear weights stored in ``dtype`` once (no cast per call, no autocast), LayerNorm,
         embeddings and the residual stream in fp32; below fp32, shapes bounded (see PIECE_ROWS)."""
         self.bucketed = dtype != torch.float32
+        self.linear_dtype = dtype
         for layer in self.layers:
             for module in layer.modules():
                 if isinstance(module, nn.Linear):
@@ -244,6 +373,8 @@ class BertEncoder(nn.Module):
             rows = torch.cat([where, where[:1].expand(len(layout.gather) - len(where))])
         else:
             layout, rows = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length)), where
+        if not self.compiling and self.attention_mode() == "varlen":  # (no environ read in a graph)
+            layout = varlen_layout(layout, attention_mask)
         x = self.word_embeddings(input_ids.reshape(-1).index_select(0, rows))
         x = x + self.token_type_embeddings.weight[0] + self.position_embeddings(rows % length)
         x = self.embedding_norm(x)

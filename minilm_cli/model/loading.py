@@ -54,7 +54,7 @@ class Network:
     @property
     def attention(self) -> str:
         if self.ours:
-            return "sdpa, packed tokens (minilm_cli.model.bert)"
+            return self.module.attention_name()
         return getattr(self.module.config, "_attn_implementation", None) or "eager"
 
 
