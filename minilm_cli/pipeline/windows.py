@@ -5,9 +5,12 @@ How windows flow through the stage list:
 
   check -> [reject_long]          records over --max-length become rejects (reject)
   row stage   split_rows          each text -> its windows, token ids riding along in a
-                                  hidden list column of ``keep`` (split, mean)
+                                  hidden list column of ``keep`` (split, mean); on the
+                                  host workers, runs of whole texts, back in input order
   chunk       chunk_rows          a shard never ends inside a document's windows
   chunk stage tokenize_windows    the TokenizedChunk built from those ids, never re-tokenized
+                                  (dedup plan in order, then layout and padding on the
+                                  host workers)
   model
   model stage MeanMerge           windows -> one weighted mean per document (mean; mean.py)
 
