@@ -349,19 +349,19 @@ def tokenize_windows(
     (dedup.RowPlanner), a window whose ids were met before is copied, not run: that decision
     remembers earlier chunks, so it is made here, in order, before the threads."""
 
-    def take_ids(chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, Any, Any]]:
+    def take_ids(chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, Any, Any, Any]]:
         for chunk in chunks:
             t = time.perf_counter()
             yield _window_columns(chunk, plan, planner)
             timers["tokenize"] += time.perf_counter() - t
 
-    def model_input(work: tuple[Chunk, Any, Any]) -> tuple[Chunk, float]:
-        chunk, column, spans = work
+    def model_input(work: tuple[Chunk, Any, Any, Any]) -> tuple[Chunk, float]:
+        chunk, column, spans, rows = work
         t = time.perf_counter()
         if column is not None:
-            chunk.tokens = window_tokens(plan, embedder, column)
+            chunk.tokens = window_tokens(plan, embedder, _rows_of(column, rows))
             if spans is not None:
-                chunk.tokens.spans = window_spans(plan, spans)
+                chunk.tokens.spans = window_spans(plan, _rows_of(spans, rows))
         return chunk, time.perf_counter() - t
 
     def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -376,25 +376,35 @@ def tokenize_windows(
     return stage
 
 
-def _window_columns(chunk: Chunk, plan: WindowPlan, planner: Any) -> tuple[Chunk, Any, Any]:
-    """The chunk without its riding token columns, and those columns (ids, and spans under
-    --pooling none) of the windows to run; none for a chunk without windows."""
+def _window_columns(chunk: Chunk, plan: WindowPlan, planner: Any) -> tuple[Chunk, Any, Any, Any]:
+    """The chunk without its riding token columns; those columns (ids, and spans under
+    --pooling none; none for a chunk without windows), still in pieces: the threads join them;
+    and with ``planner``, the rows to run (the chunk's dedup plan over its windows' ids)."""
     from .dedup import token_keys
 
     if chunk.keep is None or TOKEN_IDS not in chunk.keep.column_names:
-        return chunk, None, None
-    column = chunk.keep.column(TOKEN_IDS).combine_chunks()
-    spans = chunk.keep.column(TOKEN_SPANS).combine_chunks() if plan.spans else None
+        return chunk, None, None, None
+    column = chunk.keep.column(TOKEN_IDS)
+    spans = chunk.keep.column(TOKEN_SPANS) if plan.spans else None
     chunk.keep = chunk.keep.drop_columns(
         [c for c in (TOKEN_IDS, TOKEN_SPANS) if c in chunk.keep.column_names]
     )
     if planner is not None:
-        offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
-        planner.plan(chunk, token_keys([values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]))
-        unique = pa.array(chunk.dedup.unique_rows, pa.int64())
-        column = column.take(unique)
-        spans = spans.take(unique) if spans is not None else None
-    return chunk, column, spans
+        rows = []
+        for part in column.chunks:  # offsets index the part's whole values (a slice keeps them)
+            offsets, values = part.offsets.to_numpy(), part.values.to_numpy()
+            rows.extend(values[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
+        planner.plan(chunk, token_keys(rows))
+        return chunk, column, spans, chunk.dedup.unique_rows
+    return chunk, column, spans, None
+
+
+def _rows_of(column: pa.ChunkedArray, rows: list[int] | None) -> pa.ListArray:
+    """The column in one piece, only ``rows`` of it (in order; None or every row: all)."""
+    joined = column.combine_chunks()
+    if rows is None or len(rows) == len(joined):  # rows are distinct and sorted: every row
+        return joined
+    return joined.take(pa.array(rows, pa.int64()))
 
 
 def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> TokenizedChunk:
