@@ -35,7 +35,7 @@ from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
 from ..sources.checks import json_id
-from .host import ordered_chain, ordered_map
+from .host import host_workers, ordered_chain, ordered_map
 from .window_edges import next_start, sentence_ends, window_end, word_starts
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
@@ -510,7 +510,6 @@ def add_stages(stages: Any) -> None:
         stages.record_checks.append(reject_long(plan, cfg.on_error))
         return
     from .dedup import RowPlanner
-    from .host import host_workers
 
     workers = host_workers(cfg.host_workers, embedder.device)
     stages.row_stages.append(split_rows(plan, cfg.chunk_size, workers, stages.timers))
