@@ -7,6 +7,8 @@ order; only the pure, per-chunk step (texts -> token ids -> padded batches) fans
 results come back in the order the chunks went in, so chunk boundaries, batches, output
 bytes and --resume are the same for any worker count. At most ``workers + 1`` chunks are
 in the pool at once: memory stays a few chunks, as the queues between the threads keep it.
+``ordered_chain`` is the same for a step with many results per item (--overflow split/mean:
+a run of texts -> its pieces of windows), each handed on through a small queue as it comes.
 """
 
 from __future__ import annotations
