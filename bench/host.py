@@ -1,9 +1,11 @@
 """The host pipeline against this machine's tokenizer limit, with a model that costs ~nothing.
 
     python bench/host.py [--rows 40000] [--long-rows 4000] [--workers 0,1,2,0r] [--model tiny,zeros]
+                         [--overflow truncate|split|mean] [--max-length 256]
 
 What it measures: `minilm embed` end to end (run_job, in-process: read, check, tokenize, pad,
-model call, write) with a near-free model, at --max-length 256, so what is left is the host's
+model call, write) with a near-free model, at --max-length 256 (--overflow split/mean: long
+texts become windows, tokenized on the host workers too), so what is left is the host's
 work: `tiny` is the random BERT of `minilm_cli.testing` (hidden 32, 2 layers) on one torch
 thread (a hidden-32 network gains nothing from a second one, and torch's spinning pool on a
 shared core would be measured instead of the host); `zeros` is the same Embedder whose model
@@ -92,8 +94,9 @@ def run_pipeline(source: Path, model_dir: Path, out: Path, spec: str, model: str
         model=str(model_dir),
         device="cpu",
         precision="fp32",
-        max_length=256,
+        max_length=args.max_length,
         chunk_size=args.chunk_size,
+        overflow=args.overflow,
         overwrite=True,
         quiet=True,
         threads=1,
@@ -125,6 +128,8 @@ def main() -> None:
     parser.add_argument("--corpora", default="mixed,long")
     parser.add_argument("--chunk-size", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=1, help="best of this many runs per row")
+    parser.add_argument("--overflow", default="truncate", help="the runs' --overflow (split, mean)")
+    parser.add_argument("--max-length", type=int, default=256, help="--max-length of the pipeline runs")
     args = parser.parse_args()
 
     from minilm_cli.model.loading import load_tokenizer
@@ -137,7 +142,8 @@ def main() -> None:
         tokenizer, _ = load_tokenizer(resolve_model(None).path, 256)
         print(
             f"cores {os.cpu_count()}; tiny BERT (hidden 32) with the packaged tokenizer "
-            f"({tokenizer.get_vocab_size()} ids); max-length 256; chunk {args.chunk_size}"
+            f"({tokenizer.get_vocab_size()} ids); max-length {args.max_length}; "
+            f"overflow {args.overflow}; chunk {args.chunk_size}"
         )
         wanted = args.corpora.split(",")
         corpora = {}

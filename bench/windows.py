@@ -72,7 +72,7 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
 RUN = "import sys; from minilm_cli.cli import main; sys.argv[0] = 'minilm'; main()"
 STUB = (
     "import sys, numpy as np, minilm_cli.model as m; "
-    "m.Embedder.run = lambda self, c: np.zeros((len(c.ids), self.dim), np.float32); "
+    "m.Embedder.run = lambda self, c, on_batch=None: np.zeros((len(c.ids), self.dim), np.float32); "
     "from minilm_cli.cli import main; sys.argv[0] = 'minilm'; main()"
 )
 

@@ -17,7 +17,9 @@ from helpers import WORDS, cli, manifest, model_args, output_files
 from minilm_cli.batching import FlatIds, pad_batch
 from minilm_cli.errors import Interrupted
 from minilm_cli.output import ShardWriter
-from minilm_cli.pipeline.host import ordered_map
+from minilm_cli.pipeline import windows
+from minilm_cli.pipeline.host import ordered_chain, ordered_map
+from minilm_cli.pipeline.windows import work_runs
 
 PLAN = ["--shard-rows", "70", "--chunk-size", "25", "--on-error", "skip"]
 
@@ -100,6 +102,114 @@ def test_resume_with_other_host_workers_equals_one_worker_run(tmp_path, tiny_mod
     resumed = embed(src, out, tiny_model_dir, fmt, 2, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert_same(out, ref)
+
+
+# ---------------------------------------------------------------------------- --overflow split / mean
+
+OVERFLOWS = ["split", "mean"]  # texts over the tiny model's 64 tokens become windows
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+def test_windows_on_any_host_worker_count_write_the_same_bytes(tmp_path, tiny_model_dir, fmt, overflow):
+    src = write_input(tmp_path / "in.jsonl")
+    outs = {}
+    for workers in (1, 0, 3):
+        outs[workers] = tmp_path / f"out{workers}"
+        result = embed(src, outs[workers], tiny_model_dir, fmt, workers, "--overflow", overflow)
+        assert result.exit_code == 0, result.output
+    totals = manifest(outs[1])["totals"]
+    assert totals["shards"] >= 4 and totals["rejected"] > 0
+    plain = tmp_path / "plain"
+    assert embed(src, plain, tiny_model_dir, fmt, 1).exit_code == 0
+    documents = manifest(plain)["totals"]["rows"]
+    if overflow == "split":  # long texts gave several windows: more rows than documents
+        assert totals["rows"] > documents
+    else:  # one row per document, but more windows than documents went through the model
+        assert totals["rows"] == documents and totals["tokens"] > manifest(plain)["totals"]["tokens"]
+    assert_same(outs[0], outs[1])
+    assert_same(outs[3], outs[1])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+def test_windows_resume_with_other_host_workers_equals_one_worker_run(
+    tmp_path, tiny_model_dir, fmt, overflow
+):
+    src = write_input(tmp_path / "in.jsonl")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert embed(src, ref, tiny_model_dir, fmt, 1, "--overflow", overflow).exit_code == 0
+    real_write = ShardWriter.write
+
+    def write(self, chunk, embeddings):
+        record = real_write(self, chunk, embeddings)
+        if record is not None and record.index + 1 >= 3:
+            raise Interrupted(signal.SIGTERM)
+        return record
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardWriter, "write", write)
+        stopped = embed(src, out, tiny_model_dir, fmt, 3, "--overflow", overflow)
+    assert stopped.exit_code == 143, stopped.output
+    assert len(manifest(out)["shards"]) == 2
+    resumed = embed(src, out, tiny_model_dir, fmt, 2, "--overflow", overflow, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert_same(out, ref)
+
+
+@pytest.mark.parametrize("overflow", OVERFLOWS)
+def test_cutting_a_read_block_into_work_runs_moves_no_byte(tmp_path, tiny_model_dir, monkeypatch, overflow):
+    """Runs of a few rows (a cut between almost every document) write what whole blocks write."""
+    src = write_input(tmp_path / "in.jsonl")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    monkeypatch.setattr(windows, "WORK_CHARS", 10**9)
+    assert embed(src, whole, tiny_model_dir, "parquet", 1, "--overflow", overflow).exit_code == 0
+    runs_per_piece = []
+
+    def few_rows(texts: list[str], chars: int):
+        runs = list(work_runs(texts, 150))
+        runs_per_piece.append(len(runs))
+        return iter(runs)
+
+    monkeypatch.setattr(windows, "work_runs", few_rows)
+    assert embed(src, cut, tiny_model_dir, "parquet", 2, "--overflow", overflow).exit_code == 0
+    assert max(runs_per_piece) > 3  # the blocks were cut, many times
+    assert_same(cut, whole)
+
+
+def test_work_runs_cover_every_row_once():
+    texts = ["a" * n for n in (5, 300, 1, 1, 1, 400, 2)]
+    assert list(work_runs(texts, 100)) == [(0, 2), (2, 6), (6, 7)]
+    assert list(work_runs([], 100)) == [(0, 0)]  # an empty piece still carries its rejects
+    assert list(work_runs(["a"] * 3, 100)) == [(0, 3)]
+
+
+def test_ordered_chain_streams_each_items_results_in_order_and_bounded():
+    made, taken = [], []
+
+    def results(i: int):
+        for k in range(i % 4 * 3):  # 0..9 results per item, some none
+            made.append((i, k))
+            assert len(made) - len(taken) <= 2 * (2 + 1) + 2  # workers + 1 items, depth 2 each
+            time.sleep(0.001 * ((5 * i + k) % 3))
+            yield i, k
+
+    for pair in ordered_chain(results, range(30), workers=2, depth=2):
+        taken.append(pair)
+    assert taken == [(i, k) for i in range(30) for k in range(i % 4 * 3)]
+
+
+def test_ordered_chain_stops_its_threads_when_the_consumer_leaves():
+    def endless(i: int):
+        k = 0
+        while True:
+            yield i, k
+            k += 1
+
+    chained = ordered_chain(endless, range(5), workers=3)
+    assert [next(chained) for _ in range(4)] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    chained.close()  # must return: the producers blocked on their full queues give up
+    assert not [t for t in threading.enumerate() if t.name.startswith("minilm-tokenize")]
 
 
 def test_bad_host_workers_is_a_usage_error(tmp_path, tiny_model_dir):

@@ -7,13 +7,17 @@ order; only the pure, per-chunk step (texts -> token ids -> padded batches) fans
 results come back in the order the chunks went in, so chunk boundaries, batches, output
 bytes and --resume are the same for any worker count. At most ``workers + 1`` chunks are
 in the pool at once: memory stays a few chunks, as the queues between the threads keep it.
+``ordered_chain`` is the same for a step with many results per item (--overflow split/mean:
+a run of texts -> its pieces of windows), each handed on through a small queue as it comes.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
 from ..devices import usable_cpus
@@ -52,19 +56,68 @@ def spare_cores(cores: int) -> int:
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads, results in input order, a bounded few at
     a time; ``workers`` 0 maps on the calling thread. A failure surfaces at its item's turn."""
+    return ordered_chain(lambda item: iter((fn(item),)), items, workers)
+
+
+def ordered_chain(
+    fn: Callable[[T], Iterator[R]], items: Iterable[T], workers: int, depth: int = 2
+) -> Iterator[R]:
+    """Every result of ``fn(item)`` (an iterator) for each of ``items``, chained in input order,
+    each item's iterator run on one of ``workers`` threads. At most ``workers + 1`` items are in
+    flight, and each keeps at most ``depth`` results waiting: an item with many results (a
+    10 MB text's windows) is handed on as it goes, never held whole. ``workers`` 0 runs on the
+    calling thread. A failure surfaces at its item's turn."""
     if workers <= 0:
-        yield from map(fn, items)
+        for item in items:
+            yield from fn(item)
         return
+    stop = threading.Event()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="minilm-tokenize")
-    pending: deque[Future] = deque()
+    pending: deque[queue.Queue] = deque()
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > workers:
-                yield pending.popleft().result()
+            results: queue.Queue = queue.Queue(depth)
+            pool.submit(_produce, fn, item, results, stop)
+            pending.append(results)
+            if len(pending) > workers:  # the pool starts items in order: the oldest is running
+                yield from _drain(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield from _drain(pending.popleft())
     finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)  # a running chunk finishes; nothing outlives the run
+        stop.set()  # a producer blocked on a full queue gives up; queued items never start
+        pool.shutdown(wait=True, cancel_futures=True)  # nothing outlives the run
+
+
+_END = object()  # an item's last queue entry: (_END, None), or (_END, the exception it raised)
+
+
+def _produce(fn: Callable[[T], Iterator[R]], item: T, results: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for result in fn(item):
+            if not _put(results, (result, None), stop):
+                return
+        _put(results, (_END, None), stop)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised at its turn
+        _put(results, (_END, exc), stop)
+
+
+def _put(results: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
+    """Put ``entry`` once there is room, unless the consumer has gone (then False)."""
+    while not stop.is_set():
+        try:
+            results.put(entry, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(results: queue.Queue) -> Iterator:
+    while True:
+        result, failure = results.get()
+        if result is not _END:
+            yield result
+        elif failure is not None:
+            raise failure
+        else:
+            return

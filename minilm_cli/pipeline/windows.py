@@ -5,9 +5,12 @@ How windows flow through the stage list:
 
   check -> [reject_long]          records over --max-length become rejects (reject)
   row stage   split_rows          each text -> its windows, token ids riding along in a
-                                  hidden list column of ``keep`` (split, mean)
+                                  hidden list column of ``keep`` (split, mean); on the
+                                  host workers, runs of whole texts, back in input order
   chunk       chunk_rows          a shard never ends inside a document's windows
   chunk stage tokenize_windows    the TokenizedChunk built from those ids, never re-tokenized
+                                  (dedup plan in order, then layout and padding on the
+                                  host workers)
   model
   model stage MeanMerge           windows -> one weighted mean per document (mean; mean.py)
 
@@ -19,6 +22,7 @@ Where a window begins and ends (word edges, sentence ends, the overlap) is windo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +35,11 @@ from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
 from ..sources.checks import json_id
+from .host import host_workers, ordered_chain, ordered_map
 from .window_edges import next_start, sentence_ends, window_end, word_starts
 
+RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
+ChunkStage = Callable[[Iterator[Chunk]], Iterator[Chunk]]
 TOKEN_IDS = "__minilm_token_ids"  # rides from the window stage to the tokenize stage, never written
 TOKEN_SPANS = "__minilm_token_spans"  # --pooling none: each token's (start, end) in the text, likewise
 PIECE_TOKENS = 16  # a piece of text is about this many --max-length's worth of characters / 16
@@ -262,22 +269,63 @@ class _Gathered:
         return rows
 
 
-def split_rows(plan: WindowPlan, max_rows: int) -> Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]:
-    """The row stage: every text into its windows, at most ``max_rows`` windows per piece."""
+WORK_CHARS = 1 << 18  # a host worker's share of a piece: its rows up to about this much text
+
+
+def split_rows(plan: WindowPlan, max_rows: int, workers: int, timers: dict[str, float]) -> RowStage:
+    """The row stage: every text into its windows, at most ``max_rows`` windows per piece,
+    on ``workers`` host threads (windows back in input order; 0: on the reader thread).
+
+    A piece is cut into runs of whole rows of about WORK_CHARS characters, the same cut for
+    any worker count, so the threads share even a single read block; the pieces chunk_rows
+    sees differ only where one document ends and the next begins, which moves no chunk edge.
+    """
+
+    def split_run(work: tuple[CheckedRows, int, int]) -> Iterator[tuple[WindowRows, float]]:
+        runs = _split_piece(plan, *work, max_rows)
+        while True:
+            t = time.perf_counter()
+            rows = next(runs, None)
+            if rows is None:
+                return
+            yield rows, time.perf_counter() - t
 
     def stage(pieces: Iterator[CheckedRows]) -> Iterator[CheckedRows]:
-        for piece in pieces:
-            yield from _split_piece(plan, piece, max_rows)
+        work = ((piece, lo, hi) for piece in pieces for lo, hi in work_runs(piece.texts, WORK_CHARS))
+        split = ordered_chain(split_run, work, workers)
+        try:
+            for rows, seconds in split:
+                timers["tokenize"] += seconds
+                yield rows
+        finally:
+            split.close()  # the threads end with the run
 
     return stage
 
 
-def _split_piece(plan: WindowPlan, piece: CheckedRows, max_rows: int) -> Iterator[WindowRows]:
-    short = [i for i, text in enumerate(piece.texts) if len(text) <= plan.piece_chars]
+def work_runs(texts: list[str], chars: int) -> Iterator[tuple[int, int]]:
+    """[lo, hi) runs of consecutive rows holding about ``chars`` characters each (at least a
+    row; no rows: one empty run, so the piece's rejects still travel)."""
+    lo, size = 0, 0
+    for i, text in enumerate(texts):
+        size += len(text)
+        if size >= chars:
+            yield lo, i + 1
+            lo, size = i + 1, 0
+    if lo < len(texts) or not texts:
+        yield lo, len(texts)
+
+
+def _split_piece(
+    plan: WindowPlan, piece: CheckedRows, lo: int, hi: int, max_rows: int
+) -> Iterator[WindowRows]:
+    """The windows of rows [lo, hi) of ``piece``; the piece's rejects go with its first run."""
+    short = [i for i in range(lo, hi) if len(piece.texts[i]) <= plan.piece_chars]
     encoded = plan.tokenizer.encode_batch([piece.texts[i] for i in short], add_special_tokens=False)
     encodings = dict(zip(short, encoded))
-    gathered, rejects = _Gathered(), piece.rejects
-    for row, text in enumerate(piece.texts):
+    gathered, rejects = _Gathered(), piece.rejects if lo == 0 else []
+    for row in range(lo, hi):
+        text = piece.texts[row]
         for number, window in enumerate(text_windows(plan, text, encodings.pop(row, None))):
             if len(gathered.rows) == max_rows:
                 out = gathered.rows_of(piece, plan.specials, number > 0, plan.spans)
@@ -294,37 +342,69 @@ def _split_piece(plan: WindowPlan, piece: CheckedRows, max_rows: int) -> Iterato
 
 
 def tokenize_windows(
-    plan: WindowPlan, embedder: Any, timers: dict[str, float], planner: Any = None
-) -> Callable:
-    """The chunk stage: the model's input from the windows' own token ids, [CLS] + ids + [SEP].
-    With ``planner`` (dedup.RowPlanner), a window whose ids were met before is copied, not run."""
-    import time
+    plan: WindowPlan, embedder: Any, timers: dict[str, float], planner: Any = None, workers: int = 0
+) -> ChunkStage:
+    """The chunk stage: the model's input from the windows' own token ids, [CLS] + ids + [SEP],
+    laid out and padded on ``workers`` host threads (in order). With ``planner``
+    (dedup.RowPlanner), a window whose ids were met before is copied, not run: that decision
+    remembers earlier chunks, so it is made here, in order, before the threads."""
 
-    from .dedup import token_keys
-
-    def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    def take_ids(chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, Any, Any, Any]]:
         for chunk in chunks:
             t = time.perf_counter()
-            if chunk.keep is not None and TOKEN_IDS in chunk.keep.column_names:
-                column = chunk.keep.column(TOKEN_IDS).combine_chunks()
-                spans = chunk.keep.column(TOKEN_SPANS).combine_chunks() if plan.spans else None
-                chunk.keep = chunk.keep.drop_columns(
-                    [c for c in (TOKEN_IDS, TOKEN_SPANS) if c in chunk.keep.column_names]
-                )
-                if planner is not None:
-                    offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
-                    rows = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-                    planner.plan(chunk, token_keys(rows))
-                    unique = pa.array(chunk.dedup.unique_rows, pa.int64())
-                    column = column.take(unique)
-                    spans = spans.take(unique) if spans is not None else None
-                chunk.tokens = window_tokens(plan, embedder, column)
-                if spans is not None:
-                    chunk.tokens.spans = window_spans(plan, spans)
+            yield _window_columns(chunk, plan, planner)
             timers["tokenize"] += time.perf_counter() - t
-            yield chunk
+
+    def model_input(work: tuple[Chunk, Any, Any, Any]) -> tuple[Chunk, float]:
+        chunk, column, spans, rows = work
+        t = time.perf_counter()
+        if column is not None:
+            chunk.tokens = window_tokens(plan, embedder, _rows_of(column, rows))
+            if spans is not None:
+                chunk.tokens.spans = window_spans(plan, _rows_of(spans, rows))
+        return chunk, time.perf_counter() - t
+
+    def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        laid_out = ordered_map(model_input, take_ids(chunks), workers)
+        try:
+            for chunk, seconds in laid_out:
+                timers["pad"] += seconds
+                yield chunk
+        finally:
+            laid_out.close()  # the threads end with the run
 
     return stage
+
+
+def _window_columns(chunk: Chunk, plan: WindowPlan, planner: Any) -> tuple[Chunk, Any, Any, Any]:
+    """The chunk without its riding token columns; those columns (ids, and spans under
+    --pooling none; none for a chunk without windows), still in pieces: the threads join them;
+    and with ``planner``, the rows to run (the chunk's dedup plan over its windows' ids)."""
+    from .dedup import token_keys
+
+    if chunk.keep is None or TOKEN_IDS not in chunk.keep.column_names:
+        return chunk, None, None, None
+    column = chunk.keep.column(TOKEN_IDS)
+    spans = chunk.keep.column(TOKEN_SPANS) if plan.spans else None
+    chunk.keep = chunk.keep.drop_columns(
+        [c for c in (TOKEN_IDS, TOKEN_SPANS) if c in chunk.keep.column_names]
+    )
+    if planner is not None:
+        rows = []
+        for part in column.chunks:  # offsets index the part's whole values (a slice keeps them)
+            offsets, values = part.offsets.to_numpy(), part.values.to_numpy()
+            rows.extend(values[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
+        planner.plan(chunk, token_keys(rows))
+        return chunk, column, spans, chunk.dedup.unique_rows
+    return chunk, column, spans, None
+
+
+def _rows_of(column: pa.ChunkedArray, rows: list[int] | None) -> pa.ListArray:
+    """The column in one piece, only ``rows`` of it (in order; None or every row: all)."""
+    joined = column.combine_chunks()
+    if rows is None or len(rows) == len(joined):  # rows are distinct and sorted: every row
+        return joined
+    return joined.take(pa.array(rows, pa.int64()))
 
 
 def window_tokens(plan: WindowPlan, embedder: Any, column: pa.ListArray) -> TokenizedChunk:
@@ -429,11 +509,12 @@ def add_stages(stages: Any) -> None:
     if cfg.overflow == "reject":
         stages.record_checks.append(reject_long(plan, cfg.on_error))
         return
-    stages.row_stages.append(split_rows(plan, cfg.chunk_size))
     from .dedup import RowPlanner
 
+    workers = host_workers(cfg.host_workers, embedder.device)
+    stages.row_stages.append(split_rows(plan, cfg.chunk_size, workers, stages.timers))
     planner = next((s for s in stages.chunk_stages if isinstance(s, RowPlanner)), None)
-    stages.chunk_stages = [tokenize_windows(plan, embedder, stages.timers, planner)]
+    stages.chunk_stages = [tokenize_windows(plan, embedder, stages.timers, planner, workers)]
     if cfg.overflow == "mean":
         from .mean import MeanMerge
 
