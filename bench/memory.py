@@ -83,7 +83,7 @@ def run_case(
             "embed",
             str(source),
             "-o",
-            str(work / f"out-{case}-{rows}"),
+            str(work / f"out-{case}-{precision}-{rows}"),
         ]
         cmd += ["--model", str(model), "--device", "cpu", "--precision", precision]
         cmd += ["--shard-rows", str(args.shard_rows), "--quiet"]
