@@ -355,3 +355,31 @@ def test_chunk_rows_examples() -> None:
     # everything rejected: the rejects still ride on a chunk, to be recorded
     chunks = check_chunks([5], {0, 1, 2, 3, 4}, chunk_size=8, shard_rows=8)
     assert sum(len(c.rejects) for c in chunks) == 5
+
+
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_token_ids_in_slices_equal_the_whole_chunk_tokenized_at_once(tiny_model_dir, monkeypatch, pooling):
+    """The tokenizer is called a slice of texts at a time (its Encoding objects are large):
+    ids, lengths, truncation flags and spans are the tokenizer's own for the whole list."""
+    from tokenizers import Tokenizer
+
+    from minilm_cli.model import embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "ENCODE_SLICE", 3)
+    model = embedder_module.Embedder(model=tiny_model_dir, device="cpu", precision="fp32", pooling=pooling)
+    texts = [" ".join(["word"] * n) + f" text {n}" for n in (1, 5, 90, 2, 0, 7, 3, 200, 4, 6)]
+    ids, lengths, overflowed, spans = model.token_ids(texts)
+
+    tokenizer = Tokenizer.from_file(f"{tiny_model_dir}/tokenizer.json")
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(64)
+    expected = tokenizer.encode_batch(texts)
+    assert lengths.tolist() == [len(e.ids) for e in expected]
+    assert ids.values.tolist() == [i for e in expected for i in e.ids]
+    assert ids.offsets.tolist() == np.cumsum([0, *lengths]).tolist()
+    assert overflowed == [bool(e.overflowing) for e in expected] and sum(overflowed) == 2
+    if pooling == "none":
+        assert [s.tolist() for s in spans] == [[list(o) for o in e.offsets] for e in expected]
+    else:
+        assert spans is None
+    assert model.token_ids([])[1].tolist() == []

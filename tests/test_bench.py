@@ -98,6 +98,17 @@ def test_memory_bench_stays_within_its_bound():
 
 
 @pytest.mark.slow
+def test_memory_bench_mixed_rows_stay_within_the_bound():
+    """Mixed-length real text in the default precision, 6,000 and 60,000 rows (about a minute):
+    new kernel shapes, tokenizer and Parquet writer buffers must not grow with the input
+    (issue 22)."""
+    out = _run(str(BENCH / "memory.py"), "--cases", "mixed")
+    line = next(line for line in out.splitlines() if line.startswith("ratio large/small:"))
+    assert "[mixed, auto]" in line and "60,000 rows" in out, out
+    assert float(line.split()[2]) <= 1.15, out
+
+
+@pytest.mark.slow
 def test_incremental_bench_prints_every_case():
     out = _run(str(BENCH / "incremental.py"), "--rows", "40")
     for case in ("night 1", "--append", "--reuse night 1", "--no-dedup", "dedup (default)"):

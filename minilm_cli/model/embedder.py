@@ -35,6 +35,8 @@ from .threads import CoreWatch, ThreadTuner, threads_phrase  # noqa: E402
 from .tokens import POOLING_NONE, TokenVectors, encoding_spans, real_tokens, token_vectors  # noqa: E402
 
 # int8 runs in fp32: its int8 Linears take and give fp32
+#: texts per tokenizer call in ``token_ids`` (the library spreads each call over its threads)
+ENCODE_SLICE = 1024
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 # (padded tokens, rows) per forward pass when not given. A CPU gains nothing from big
 # batches and pays for every padding token; a GPU needs big batches to fill its cores.
@@ -224,15 +226,21 @@ class Embedder:
         """Each text's ids (one flat array, no array per row), their lengths, whether each text
         was truncated at max_length, and under --pooling none each token's character span."""
         want_spans = self.pooling == POOLING_NONE
-        encodings = self.encode(texts, spans=want_spans)
-        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        offsets = row_offsets(lengths)
-        values = np.fromiter(
-            itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1])
-        )
-        overflowed = [bool(e.overflowing) for e in encodings]
-        spans = [encoding_spans(e) for e in encodings] if want_spans else None
-        return FlatIds(values, offsets), lengths, overflowed, spans
+        lengths, values, overflowed = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)], []
+        spans: list[np.ndarray] | None = [] if want_spans else None
+        # A slice at a time: the library's Encoding objects (a few KiB each) of a whole chunk
+        # held at once cost ~30 MiB of peak memory per 8,192 rows (docs/PERFORMANCE.md, Memory).
+        for start in range(0, len(texts), ENCODE_SLICE):
+            encodings = self.encode(texts[start : start + ENCODE_SLICE], spans=want_spans)
+            counts = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+            ids = itertools.chain.from_iterable(e.ids for e in encodings)
+            values.append(np.fromiter(ids, dtype=np.int32, count=int(counts.sum())))
+            lengths.append(counts)
+            overflowed += [bool(e.overflowing) for e in encodings]
+            if spans is not None:
+                spans += [encoding_spans(e) for e in encodings]
+        lengths = np.concatenate(lengths)
+        return FlatIds(np.concatenate(values), row_offsets(lengths)), lengths, overflowed, spans
 
     def encode(self, texts: list[str], spans: bool = False) -> list[Any]:
         """The tokenizer's encodings of ``texts`` (ids, overflow), without character offsets

@@ -8,7 +8,9 @@ half-written shard for a finished one. Every shard of a run gets the same Parque
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import select
 import shutil
@@ -220,7 +222,9 @@ class _OpenShard:
         if self.parquet is None:
             self.schema = self._target_schema(table.schema)
             role = "metadata" if self.w.fmt == "npy" else "data"
-            self.parquet = pq.ParquetWriter(self._create(role).stream, self.schema)
+            stream = self._create(role).stream
+            dictionary = dictionary_columns(self.schema)
+            self.parquet = pq.ParquetWriter(stream, self.schema, use_dictionary=dictionary)
         if table.num_rows == 0:
             table = self.schema.empty_table()  # rejects only: still the job's columns and types
         try:
@@ -272,6 +276,32 @@ class _OpenShard:
                 pass
         for pending in self.pending.values():
             pending.discard()
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The Parquet leaf columns to dictionary-encode: all (Arrow's default) but float32
+    embedding values. Those are nearly all distinct, so the dictionary fills its 1 MiB page
+    limit within the first rows and the column falls back to plain anyway; until then the
+    writer keeps the dictionary's hash table and the buffered pages: about 30 MiB more peak
+    memory per shard writer (docs/PERFORMANCE.md, Memory), and files ~5% larger. float16 and
+    the integer forms keep it: their few distinct values make the files smaller."""
+    embedding = schema.field("embedding").type if "embedding" in schema.names else None
+    while isinstance(embedding, (pa.ListType, pa.FixedSizeListType)):
+        embedding = embedding.value_type
+    leaves = list(parquet_leaves(schema))
+    if embedding != pa.float32():
+        return leaves
+    return [path for path in leaves if not path.startswith("embedding.list.element")]
+
+
+@functools.lru_cache(maxsize=8)
+def parquet_leaves(schema: pa.Schema) -> tuple[str, ...]:
+    """The dotted paths of the Parquet leaf columns the writer makes of ``schema`` (a kept
+    list or struct column has its own), read from an empty file written the same way."""
+    sink = io.BytesIO()
+    pq.ParquetWriter(sink, schema).close()
+    parquet = pq.ParquetFile(io.BytesIO(sink.getvalue())).schema
+    return tuple(parquet.column(i).path for i in range(len(parquet)))
 
 
 KEY_DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("row", "<u8")])
