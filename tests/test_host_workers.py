@@ -3,6 +3,7 @@ bytes, its shard boundaries, its rejects and --resume are the same for any worke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -81,11 +82,9 @@ def test_any_host_worker_count_writes_the_same_bytes(tmp_path, tiny_model_dir, f
     assert_same(outs[3], outs[1])
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "npy"])
-def test_resume_with_other_host_workers_equals_one_worker_run(tmp_path, tiny_model_dir, fmt):
-    src = write_input(tmp_path / "in.jsonl")
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert embed(src, ref, tiny_model_dir, fmt, 1).exit_code == 0
+@contextlib.contextmanager
+def stopped_after_three_shards():
+    """The run is stopped (as by SIGTERM) once its third shard is committed."""
     real_write = ShardWriter.write
 
     def write(self, chunk, embeddings):
@@ -96,6 +95,15 @@ def test_resume_with_other_host_workers_equals_one_worker_run(tmp_path, tiny_mod
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ShardWriter, "write", write)
+        yield
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_resume_with_other_host_workers_equals_one_worker_run(tmp_path, tiny_model_dir, fmt):
+    src = write_input(tmp_path / "in.jsonl")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert embed(src, ref, tiny_model_dir, fmt, 1).exit_code == 0
+    with stopped_after_three_shards():
         stopped = embed(src, out, tiny_model_dir, fmt, 3)
     assert stopped.exit_code == 143, stopped.output
     assert len(manifest(out)["shards"]) == 2
@@ -139,16 +147,7 @@ def test_windows_resume_with_other_host_workers_equals_one_worker_run(
     src = write_input(tmp_path / "in.jsonl")
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert embed(src, ref, tiny_model_dir, fmt, 1, "--overflow", overflow).exit_code == 0
-    real_write = ShardWriter.write
-
-    def write(self, chunk, embeddings):
-        record = real_write(self, chunk, embeddings)
-        if record is not None and record.index + 1 >= 3:
-            raise Interrupted(signal.SIGTERM)
-        return record
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ShardWriter, "write", write)
+    with stopped_after_three_shards():
         stopped = embed(src, out, tiny_model_dir, fmt, 3, "--overflow", overflow)
     assert stopped.exit_code == 143, stopped.output
     assert len(manifest(out)["shards"]) == 2

@@ -121,3 +121,14 @@ def _drain(results: queue.Queue) -> Iterator:
             raise failure
         else:
             return
+
+
+def drain_timed(results: Iterator[tuple[R, float]], timers: dict[str, float], stage: str) -> Iterator[R]:
+    """The results of an ordered pool, each one's seconds added to ``timers[stage]``; the pool
+    is closed when the consumer stops (its threads end with the run)."""
+    try:
+        for result, seconds in results:
+            timers[stage] += seconds
+            yield result
+    finally:
+        results.close()  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ from ..config import EmbedConfig
 from ..errors import BadRowError, InputError
 from ..sources import CheckedRows, RawRows, Reject
 from ..sources.checks import json_id
-from .host import host_workers, ordered_chain, ordered_map
+from .host import drain_timed, host_workers, ordered_chain, ordered_map
 from .window_edges import next_start, sentence_ends, window_end, word_starts
 
 RowStage = Callable[[Iterator[CheckedRows]], Iterator[CheckedRows]]
@@ -292,13 +292,7 @@ def split_rows(plan: WindowPlan, max_rows: int, workers: int, timers: dict[str, 
 
     def stage(pieces: Iterator[CheckedRows]) -> Iterator[CheckedRows]:
         work = ((piece, lo, hi) for piece in pieces for lo, hi in work_runs(piece.texts, WORK_CHARS))
-        split = ordered_chain(split_run, work, workers)
-        try:
-            for rows, seconds in split:
-                timers["tokenize"] += seconds
-                yield rows
-        finally:
-            split.close()  # the threads end with the run
+        yield from drain_timed(ordered_chain(split_run, work, workers), timers, "tokenize")
 
     return stage
 
@@ -365,13 +359,7 @@ def tokenize_windows(
         return chunk, time.perf_counter() - t
 
     def stage(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-        laid_out = ordered_map(model_input, take_ids(chunks), workers)
-        try:
-            for chunk, seconds in laid_out:
-                timers["pad"] += seconds
-                yield chunk
-        finally:
-            laid_out.close()  # the threads end with the run
+        yield from drain_timed(ordered_map(model_input, take_ids(chunks), workers), timers, "pad")
 
     return stage
 
