@@ -171,3 +171,24 @@ def test_two_threads_that_only_keep_pace_with_one_lose(rates: dict) -> None:
     assert _run(tuner, 2) == [1, 1]
     rates[2], rates[1] = 150.0, 100.0  # 1.5x: a third of the ideal gain and more, so two win
     assert ThreadTuner(2, watch=ScriptedWatch([0.6]))._faster(2, 1) == 2
+
+
+def test_the_manifest_records_the_count_the_run_chose(
+    tmp_path, tiny_model_dir: str, rates: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from minilm_cli.devices import usable_cpus
+
+    from helpers import cli, manifest
+
+    if usable_cpus() < 2:
+        pytest.skip("one core: no thread count to choose")
+    rates[2] = 30.0  # a core taken: the check picks one thread fewer
+    monkeypatch.setattr(tuning.CoreWatch, "open", staticmethod(lambda most: ScriptedWatch([1.0])))
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"line number {i}\n" for i in range(40)))
+    args = ["embed", str(src), "-o", str(tmp_path / "out"), "--model", tiny_model_dir]
+    result = cli([*args, "--device", "cpu", "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    fewer = f"{usable_cpus() - 1} of {usable_cpus()} threads (started at {usable_cpus() - 1}: "
+    assert manifest(tmp_path / "out")["runtime"]["threads"].startswith(fewer)  # not the start's guess
+    assert fewer in result.output

@@ -91,6 +91,7 @@ def _run_to_end(run: Run, session: OutputSession, first_row: int, first_record: 
     try:
         run.execute(_write_rows(run, session), first_row, first_record)
     except BaseException as exc:
+        _record_threads(run, session)
         finished = JobResult(output=run.cfg.output, seconds=run.result.seconds)
         finished.add_shards(current(session.shards))  # the discarded shard's rows are not in the output
         session.fail(exc, finished.totals())
@@ -99,8 +100,18 @@ def _run_to_end(run: Run, session: OutputSession, first_row: int, first_record: 
     if run.cfg.id_column:
         totals["duplicate_ids"] = _repeated_ids(run)
     result = run.finish()
+    _record_threads(run, session)
     session.finish(totals, run.record_end, run.stages.input_records)  # type: ignore[union-attr]
     return result
+
+
+def _record_threads(run: Run, session: OutputSession) -> None:
+    """The thread count the run ended on: the runtime was recorded before the first batch,
+    when the default count was not chosen yet (model/threads.py)."""
+    runtime = session.manifest.doc.get("runtime") if session.manifest is not None else None
+    note = getattr(run.embedder, "threads_note", lambda: None)()
+    if isinstance(runtime, dict) and note is not None:
+        runtime["threads"] = note
 
 
 def _repeated_ids(run: Run) -> int:
