@@ -17,6 +17,11 @@ Engines, alternating within each round after a short warm-up, median of --rounds
     int8 = onnxruntime.quantization.quantize_dynamic, per-channel QInt8), fed our own
     length-sorted padded batches, so they do the same padded work as we do; skipped with a
     note when onnxruntime is not installed (pip install '.[bench]'),
+  - OpenVINO bf16 and fp32 (the same exported ONNX file, compiled for "CPU" with
+    INFERENCE_PRECISION_HINT bf16 / f32, hint LATENCY, dynamic batch and length), fed our own
+    batches too; the INFERENCE_PRECISION_HINT the compiled models report is printed (a CPU
+    without native bf16 may run f32: the row then says so and takes the fp32 bound); skipped
+    with a note when openvino is not installed (pip install '.[bench]'),
   - minilm-cli `Embedder` at its defaults, and at each other CPU precision it offers.
 The matmul peak is measured again in every round, beside the engines, and each engine's
 padded tokens/s (of_bound) and real tokens/s (real_of_bound) are divided by the bound of its
@@ -105,16 +110,93 @@ def timed(fn, rounds: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-# ---------------------------------------------------------------------------- ONNX Runtime
+# ---------------------------------------------------------------------------- ONNX Runtime, OpenVINO
 
 
-def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, object] | str:
-    """{"fp32": session, "int8": session} from the packaged weights, or a note why not."""
+def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, tuple] | str:
+    """{row name: (infer, precision)} for ONNX Runtime fp32 and int8, or a note why not."""
     try:
         import onnxruntime as ort
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         return "onnxruntime not installed (pip install '.[bench]'): ONNX Runtime rows skipped"
+
+    int8_path = workdir / "model-int8.onnx"
+    try:
+        fp32_path = exported_model(workdir, model_path)
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001 - exporter or quantizer missing/failing: say so, go on
+        return f"ONNX export/quantization failed ({type(exc).__name__}: {str(exc)[:160]}): rows skipped"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning threads after a run: the engine timed next would lose the cores to them
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    engines = {}
+    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        engines[f"ONNX Runtime {precision} (our batches)"] = (
+            lambda ids, mask, s=session: s.run(None, {"input_ids": ids, "attention_mask": mask})[0],
+            precision,
+        )
+    return engines
+
+
+def openvino_engines(workdir: Path, model_path: str, threads: int) -> dict[str, tuple] | str:
+    """{row name: (infer, precision)} for OpenVINO bf16 and fp32 on the CPU, or a note why not."""
+    try:
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+    except ImportError:
+        return "openvino not installed (pip install '.[bench]'): OpenVINO rows skipped"
+    try:
+        core = ov.Core()
+        # the exported file keeps its dynamic axes: batch and length are [?, ?] here, so each
+        # of our padded batches runs as it comes, with no reshape between batches
+        model = core.read_model(str(exported_model(workdir, model_path)))
+        engines, ran_note = {}, []
+        for precision, asked in (("bf16", ov.Type.bf16), ("fp32", ov.Type.f32)):
+            config = {
+                hints.inference_precision: asked,
+                # LATENCY, not THROUGHPUT: we call one batch at a time and wait for it, as our
+                # engine does; LATENCY gives that one request a single stream with every thread,
+                # where THROUGHPUT splits the threads into streams that only pay off with several
+                # requests in flight (one synchronous request would get a share of the threads)
+                hints.performance_mode: hints.PerformanceMode.LATENCY,
+                props.inference_num_threads: threads,  # the count our engine and ONNX Runtime get
+                # not pinned to cores, as torch and ONNX Runtime are not (a shared machine moves us)
+                hints.enable_cpu_pinning: False,
+            }
+            compiled = core.compile_model(model, "CPU", config)
+            ran = compiled.get_property(hints.inference_precision).get_type_name()  # "bf16", "f32"
+            ran_note.append(f"{precision} asked, {ran} ran")
+            ran_as = {"f32": "fp32"}.get(ran, ran)
+            # a CPU without native bf16 may run f32 when asked bf16: the row names and bounds what ran
+            name = f"OpenVINO {precision} (our batches)"
+            if ran_as != precision:
+                name = f"OpenVINO {precision} (ran {ran}, our batches)"
+            request = compiled.create_infer_request()
+            engines[name] = (
+                lambda ids, mask, r=request: r.infer({"input_ids": ids, "attention_mask": mask})[0],
+                ran_as,
+            )
+    except Exception as exc:  # noqa: BLE001 - exporter, reader or compiler failing: say so, go on
+        return f"OpenVINO export/compile failed ({type(exc).__name__}: {str(exc)[:160]}): rows skipped"
+    print(
+        f"note: OpenVINO {ov.__version__.split('-')[0]} on CPU, INFERENCE_PRECISION_HINT of the "
+        f"compiled models: {'; '.join(ran_note)} (hint LATENCY, {threads} threads)"
+    )
+    return engines
+
+
+def exported_model(workdir: Path, model_path: str) -> Path:
+    """The packaged weights as workdir/model.onnx (exported once, shared by the rivals)."""
+    path = workdir / "model.onnx"
+    if path.exists():
+        return path
     import torch
     from transformers import AutoModel
 
@@ -126,25 +208,10 @@ def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, obje
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    fp32_path, int8_path = workdir / "model.onnx", workdir / "model-int8.onnx"
     model = Hidden(AutoModel.from_pretrained(model_path, attn_implementation="eager").eval())
     ids = torch.ones(2, 16, dtype=torch.int64)
-    try:
-        export_hidden(model, fp32_path, ids, ids)
-        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
-    except Exception as exc:  # noqa: BLE001 - exporter or quantizer missing/failing: say so, go on
-        return f"ONNX export/quantization failed ({type(exc).__name__}: {str(exc)[:160]}): rows skipped"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # no spinning threads after a run: the engine timed next would lose the cores to them
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    return {
-        "fp32": ort.InferenceSession(str(fp32_path), options, providers=providers),
-        "int8": ort.InferenceSession(str(int8_path), options, providers=providers),
-    }
+    export_hidden(model, path, ids, ids)
+    return path
 
 
 def export_hidden(model, path: Path, ids, mask) -> None:
@@ -165,11 +232,11 @@ def export_hidden(model, path: Path, ids, mask) -> None:
         )
 
 
-def onnx_embed(session, chunk, dim: int) -> np.ndarray:
-    """Run our padded batches through a session; mean-pool and normalise as the model does."""
+def batches_embed(infer, chunk, dim: int) -> np.ndarray:
+    """Our padded batches through infer(ids, mask) -> hidden; mean-pooled and normalised as the model does."""
     out = np.empty((len(chunk.ids), dim), dtype=np.float32)
     for batch in chunk.batches:
-        hidden = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+        hidden = np.asarray(infer(batch.input_ids, batch.attention_mask), dtype=np.float32)
         mask = batch.attention_mask[:, :, None].astype(np.float32)
         pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
         out[batch.rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -207,10 +274,17 @@ def engine_table(
     if compile:  # the warm-up below pays the compilation, as a long job would once
         compiled = Embedder(device=device, compile=True)
         variants[f"minilm-cli --compile ({compiled.precision})"] = (compiled, compiled.precision)
-    onnx = onnx_engines(Path(tempfile.mkdtemp(prefix="minilm-onnx-")), path, torch.get_num_threads())
-    if isinstance(onnx, str):
-        print(f"note: {onnx}")
-        onnx = {}
+    # rivals fed our batches: {row name: (infer(ids, mask) -> hidden, precision for the bound)}
+    workdir = Path(tempfile.mkdtemp(prefix="minilm-onnx-"))
+    rivals: dict[str, tuple] = {}
+    for made in (
+        onnx_engines(workdir, path, torch.get_num_threads()),
+        openvino_engines(workdir, path, torch.get_num_threads()),
+    ):
+        if isinstance(made, str):
+            print(f"note: {made}")
+        else:
+            rivals.update(made)
 
     probe_rows, probe_seconds = (256, 0.05) if quick else (ours.batch_tokens, 0.3)
     peak_rounds: list[dict] = []
@@ -228,15 +302,12 @@ def engine_table(
                 "bf16",
             ),
         }
-        for name, session in onnx.items():
-            engines[f"ONNX Runtime {name} (our batches)"] = (
-                lambda s=session, c=chunk: onnx_embed(s, c, ours.dim),
-                name,
-            )
+        for name, (infer, precision) in rivals.items():
+            engines[name] = (lambda f=infer, c=chunk: batches_embed(f, c, ours.dim), precision)
         for name, (embedder, precision) in variants.items():
             engines[name] = (lambda e=embedder, t=texts: e.run(e.tokenize(t)), precision)
         st_eff = st_padding_efficiency(texts, chunk.lengths)
-        # padded tokens each engine computes: ours and ONNX Runtime run our batches;
+        # padded tokens each engine computes: ours, ONNX Runtime and OpenVINO run our batches;
         # sentence-transformers pads its own batches of 32 (estimated from our token counts)
         padded = {
             name: chunk.real_tokens / st_eff if name.startswith("sentence") else chunk.padded_tokens
@@ -245,8 +316,8 @@ def engine_table(
         warm = ours.tokenize(texts[:: max(1, len(texts) // 48)])  # every length class, briefly
         for embedder, _ in variants.values():
             embedder.run(warm)
-        for session in onnx.values():
-            onnx_embed(session, warm, ours.dim)
+        for infer, _ in rivals.values():
+            batches_embed(infer, warm, ours.dim)
         st.encode(texts[:32]), st_bf16.encode(texts[:32])
         times: dict[str, list[float]] = {name: [] for name in engines}
         fractions: dict[str, list[float]] = {name: [] for name in engines}
