@@ -101,15 +101,8 @@ def test_memory_bench_stays_within_its_bound():
 def test_memory_bench_mixed_rows_stay_within_the_bound():
     """Mixed-length real text in the default precision, 6,000 and 60,000 rows (about a minute):
     new kernel shapes, tokenizer and Parquet writer buffers must not grow with the input
-    (issue 22). Where the default is fp32 (no native bf16) the bound is not met reliably yet:
-    1.13-1.16 over five runs on a 2-core EPYC (docs/PERFORMANCE.md, Memory), so it is not
-    asserted there; the oneDNN per-shape growth this test guards lives in bf16."""
-    import torch
-
-    from minilm_cli.devices import choose_precision
-
-    if choose_precision("auto", torch.device("cpu")) == "fp32":
-        pytest.skip("default precision fp32 here: mixed-length memory sits at the 1.15 bound (open)")
+    (issue 22), on every CPU: bf16 where it is native, fp32 elsewhere (MKL kept something per
+    packed row count until the rows were rounded: 1.13-1.16 before, docs/PERFORMANCE.md)."""
     out = _run(str(BENCH / "memory.py"), "--cases", "mixed")
     line = next(line for line in out.splitlines() if line.startswith("ratio large/small:"))
     assert "[mixed, auto]" in line and "60,000 rows" in out, out

@@ -1,9 +1,10 @@
-"""Bounded shapes in low precision (minilm_cli/model/bert.py: bucket, bucketed_layout, use_dtype).
+"""Bounded shapes (minilm_cli/model/bert.py: bucket, bucketed_layout, rounded_rows, use_dtype).
 
-oneDNN keeps a primitive per new matrix shape, so in bf16/fp16 the encoder rounds the packed
-token count and the padded attention shape up to a small ladder of rungs. The padding rows
-must never change a real row's output, and the weights are stored in bf16 once, with
-LayerNorm in fp32 and no autocast around the model.
+oneDNN keeps a primitive per new matrix shape, and MKL (fp32) and fbgemm (int8) something per
+row count, so on a CPU the encoder rounds the packed token count up to a multiple of
+PIECE_ROWS in every precision, and in bf16/fp16 the padded attention shape up to a small ladder
+of rungs too. The padding rows must never change a real row's output, and the weights are
+stored in bf16 once, with LayerNorm in fp32 and no autocast around the model.
 """
 
 from __future__ import annotations
@@ -79,12 +80,33 @@ def test_bf16_sees_only_bucketed_shapes(tiny_model_dir: str, monkeypatch: pytest
     shapes = {size for n in rows for size in pieces(n)}
     assert len(rows) > len(shapes) and shapes <= {PIECE_ROWS << k for k in range(8)}, sorted(shapes)
     assert all(bucket(b, ATTENTION_RUNGS) == b and bucket(n, ATTENTION_RUNGS) == n for b, n in attention)
-    # the same texts in fp32 (not bucketed: see test_fp32_is_not_bucketed) meet shapes off the ladder
+    # the same texts in fp32: the rows rounded as well, the attention shapes its own
     plain = Embedder(model=tiny_model_dir, device="cpu", precision="fp32", max_length=128)
     plain_rows, plain_attention = _record_shapes(plain.model, monkeypatch)
     _embed_in_pieces(plain, _mixed_texts(1200))
-    assert len(plain_rows) > len(rows) and any(n % PIECE_ROWS for n in plain_rows)
+    assert plain_rows and all(n % PIECE_ROWS == 0 for n in plain_rows), sorted(plain_rows)
     assert any(bucket(n, ATTENTION_RUNGS) != n for _, n in plain_attention)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_packed_rows_are_rounded_in_every_precision(
+    tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """MKL's fp32 GEMM and fbgemm's int8 one keep something per row count (a long mixed run
+    climbed by 30 and 130 MiB): the packed rows reach them in multiples of PIECE_ROWS only, and
+    the vectors are those of the exact row count, bit for bit."""
+    texts = _mixed_texts(300, seed=2)
+    embedder = Embedder(model=tiny_model_dir, device="cpu", precision=precision, max_length=128)
+    exact = Embedder(model=tiny_model_dir, device="cpu", precision=precision, max_length=128)
+    seen: list[int] = []
+    first = embedder.model.layers[0]
+    linear = first.layer.attention_out if precision == "int8" else first.attention_out
+    linear.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    got = embedder.embed(texts)
+    assert seen and all(n % PIECE_ROWS == 0 for n in seen), sorted(seen)
+    monkeypatch.setattr(bert, "rounded_rows", lambda layout: layout)
+    expected = exact.embed(texts)
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize(
@@ -124,9 +146,10 @@ def test_padding_rows_never_change_real_rows(tiny_model_dir: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
-def test_fp32_is_not_bucketed(tiny_model_dir: str) -> None:
-    """Bucketing in fp32 moves the last bit (MKL blocks differently), and resume and the
-    reference tests compare fp32 bytes; MKL keeps nothing per shape, so fp32 runs as it is."""
+def test_only_low_precision_buckets_its_attention(tiny_model_dir: str) -> None:
+    """The attention ladder moves fp32's last bit (SDPA blocks differently), and resume and the
+    reference tests compare fp32 bytes; fp32's exact attention shapes measured flat, so only
+    bf16/fp16 take the ladder."""
     assert not Embedder(model=tiny_model_dir, device="cpu", precision="fp32").model.bucketed
     assert Embedder(model=tiny_model_dir, device="cpu", precision="bf16").model.bucketed
 

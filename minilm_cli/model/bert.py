@@ -97,13 +97,16 @@ class Embedding(nn.Embedding):
 
 # Kernel libraries keep something per new matrix shape: oneDNN a JIT-compiled primitive per
 # bf16/fp16 matmul shape (measured on avx512_bf16: ~0.7 MiB each for a tiny model's weights,
-# ~2.7 MiB for MiniLM's, kept by both oneDNN's and ideep's caches), the CPU flash attention a
-# kernel per padded length. Packed token counts are nearly all new on real text, so below fp32
-# the packed rows are rounded up to a multiple of PIECE_ROWS and each Linear runs them as
-# pieces of power-of-two multiples of it (1,500 rows: 1,504 = 1,024 + 256 + 128 + 64 + 32):
-# each weight meets log2(rows / PIECE_ROWS) + 1 shapes in all (6 up to 2,048 rows), which a
-# short run already visits, so memory is flat in the input's size. The attention batch and
-# length are rounded up to a geometric ladder (bucket).
+# ~2.7 MiB for MiniLM's, kept by both oneDNN's and ideep's caches), and MKL's fp32 GEMM and
+# fbgemm's int8 one something per row count too (measured: 3,000 batches of new packed row
+# counts took a tiny model's fp32 run from 457 to 487 MiB and still climbing, int8 to 589;
+# with the rows rounded, flat at 427 and 462). Packed token counts are nearly all new on real
+# text, so on a CPU the packed rows are rounded up to a multiple of PIECE_ROWS in every
+# precision, and below fp32 each Linear runs them as pieces of power-of-two multiples of it
+# (1,500 rows: 1,504 = 1,024 + 256 + 128 + 64 + 32): each weight meets log2(rows / PIECE_ROWS)
+# + 1 shapes in all (6 up to 2,048 rows), which a short run already visits, so memory is flat
+# in the input's size. Below fp32 the attention batch and length are also rounded up to a
+# geometric ladder (bucket); fp32's attention keeps its exact shapes (flat as measured).
 PIECE_ROWS = 32  # under 32 padding rows per batch; a 32-row piece still runs at ~2/3 the speed of big ones
 ATTENTION_RUNGS = 8  # per doubling of batch rows and of padded length: under 1/8 each
 
@@ -165,9 +168,15 @@ def bucketed_layout(where: torch.Tensor, attention_mask: torch.Tensor) -> Layout
     mask = torch.zeros(rows, width, dtype=torch.bool, device=attention_mask.device)
     mask[:batch, :length] = attention_mask.bool()
     mask[batch:, 0] = True
-    extra = round_up(len(where), PIECE_ROWS) - len(where)
-    gather = torch.cat([slots, slots[:1].expand(extra)]) if extra else slots
-    return Layout(slots, gather, mask.view(rows, 1, 1, width))
+    return rounded_rows(Layout.plain(slots, mask.view(rows, 1, 1, width)))
+
+
+def rounded_rows(layout: Layout) -> Layout:
+    """``layout`` with its packed rows rounded up to a multiple of PIECE_ROWS: the extra rows
+    repeat the first real slot (finite, never read back, and no new range for int8's scale)."""
+    slots = layout.where
+    extra = round_up(len(slots), PIECE_ROWS) - len(slots)
+    return replace(layout, gather=torch.cat([slots, slots[:1].expand(extra)])) if extra else layout
 
 
 def varlen_layout(layout: Layout, attention_mask: torch.Tensor) -> Layout:
@@ -370,9 +379,12 @@ class BertEncoder(nn.Module):
             where = attention_mask.reshape(-1).nonzero().squeeze(1)
         if self.bucketed:
             layout = self._layout(where, attention_mask)
-            rows = torch.cat([where, where[:1].expand(len(layout.gather) - len(where))])
         else:
-            layout, rows = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length)), where
+            layout = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length))
+            if input_ids.device.type == "cpu" and not self.compiling:  # see PIECE_ROWS
+                layout = rounded_rows(layout)
+        extra = len(layout.gather) - len(where)
+        rows = torch.cat([where, where[:1].expand(extra)]) if extra else where
         if not self.compiling and self.attention_mode() == "varlen":  # (no environ read in a graph)
             layout = varlen_layout(layout, attention_mask)
         x = self.word_embeddings(input_ids.reshape(-1).index_select(0, rows))
