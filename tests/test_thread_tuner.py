@@ -176,9 +176,9 @@ def test_two_threads_that_only_keep_pace_with_one_lose(rates: dict) -> None:
 def test_the_manifest_records_the_count_the_run_chose(
     tmp_path, tiny_model_dir: str, rates: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from minilm_cli.devices import usable_cpus
-
     from helpers import cli, manifest
+
+    from minilm_cli.devices import usable_cpus
 
     if usable_cpus() < 2:
         pytest.skip("one core: no thread count to choose")

@@ -1,18 +1,19 @@
 """The default CPU thread count: the cores other processes leave free (no --threads given).
 
-Why: on a shared machine one busy core makes torch's thread team wait at every barrier for
-the thread that core's scheduler holds back; two threads then ran 3-4x slower than one (issue
-22). Timing real batches at each count finds that out only by running slow batches (one cost
-as much as four fast ones). So the tuner looks first and measures small: ``CoreWatch`` reads,
-from /proc/stat, how much of our cores other processes keep busy (a niced process yields to
-us and does not count); when they take some, a check of about a third of a second times a
-fixed feed-forward block of the model's shape at the current count and at its neighbour,
-alternating, and the faster count stays (more threads must earn their keep, see _faster). The check runs before the first batch (when others were busy
-during the model's load) and, in bf16 and fp16, again whenever the watch sees a core taken
-or freed (at most every 10-60 s while the choice stands). Where /proc/stat cannot speak for
-our cores (another OS; a cgroup quota below the cores we may run on) the check runs at the
-start when the load average is high, and every 10-60 s. fp32 and int8 keep the count they
-start with: their bytes may depend on it and stay the same all run. ``--threads N`` is exact.
+Why: on a shared machine one busy core makes torch's thread team wait at every barrier for the
+thread that core's scheduler holds back; two threads then ran 3-4x slower than one (issue 22).
+Timing real batches at each count finds that out only by running slow batches (one cost as much
+as four fast ones). So the tuner looks first and measures small: ``CoreWatch`` reads, from
+/proc/stat, how much of our cores other processes keep busy (a niced process yields to us and
+does not count); when they take some, a check of about a third of a second times a fixed feed-
+forward block of the model's shape at the current count and at its neighbour, alternating, and
+the faster count stays (more threads must earn their keep, see _faster). The check runs before
+the first batch (when others were busy during the model's load) and, in bf16 and fp16, again
+whenever the watch sees a core taken or freed (at most every 10-60 s while the choice stands).
+Where /proc/stat cannot speak for our cores (another OS; a cgroup quota below the cores we may
+run on) the check runs at the start when the load average is high, and every 10-60 s. fp32 and
+int8 keep the count they start with: their bytes may depend on it and stay the same all run.
+``--threads N`` is exact.
 """
 
 from __future__ import annotations
