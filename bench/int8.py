@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import smooth  # noqa: E402
-from throughput import corpus_rows, long_texts, onnx_embed, onnx_engines  # noqa: E402
+from throughput import batches_embed, corpus_rows, long_texts, onnx_engines  # noqa: E402
 
 from minilm_cli.model import int8  # noqa: E402
 from minilm_cli.model.bert import load_bert  # noqa: E402
@@ -86,13 +86,21 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class OrtEmbedder:
-    """An ONNX Runtime session behind Embedder's run/embed, on the Embedder's own batches."""
+    """An ONNX Runtime model behind Embedder's run/embed, on the Embedder's own batches:
+    ``infer(ids, mask)`` gives the hidden states (throughput.onnx_engines' callables)."""
 
-    def __init__(self, session, embedder) -> None:
-        self.session, self.embedder = session, embedder
+    def __init__(self, infer, embedder) -> None:
+        self.infer, self.embedder = infer, embedder
+
+    @classmethod
+    def of_session(cls, session, embedder) -> OrtEmbedder:
+        def infer(ids, mask):
+            return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        return cls(infer, embedder)
 
     def run(self, chunk) -> np.ndarray:
-        return onnx_embed(self.session, chunk, self.embedder.dim)
+        return batches_embed(self.infer, chunk, self.embedder.dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.run(self.embedder.tokenize(texts))
@@ -134,12 +142,13 @@ def build_variants(
         smooth.export_onnx(smooth.smoothed(base, maxima, alpha, ffn_out="runtime"), path)
         for kind in smooth.ORT_KINDS:
             session = smooth.onnx_int8(path, threads, kind)
-            variants[f"ORT ours SQ a={alpha} {kind}"] = OrtEmbedder(session, fp32)
+            variants[f"ORT ours SQ a={alpha} {kind}"] = OrtEmbedder.of_session(session, fp32)
     reference = onnx_engines(workdir, fp32.source.path, threads)
     if isinstance(reference, str):
         print(f"note: {reference}")
     else:
-        variants[ORT_REF] = OrtEmbedder(reference["int8"], fp32)
+        infer, _ = reference["ONNX Runtime int8 (our batches)"]
+        variants[ORT_REF] = OrtEmbedder(infer, fp32)
     return variants
 
 
