@@ -65,6 +65,7 @@ def smoothed(encoder: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, 
 def export_onnx(model: nn.Module, path: Path) -> None:
     """Our encoder (fp32, Linears as MatMul + Add) to ONNX, dynamic batch and length."""
     model = copy.deepcopy(model)
+    model.round_rows = False  # the graph must not bake in the example batch's row count
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear):
             parent, _, child = name.rpartition(".")

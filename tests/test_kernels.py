@@ -23,7 +23,20 @@ def test_kernels_say_whether_bf16_is_native(tiny_model_dir: str) -> None:
 
     kernels = Embedder(model=tiny_model_dir, device="cpu", precision="bf16").kernels()
     assert "matmul bf16 (oneDNN, " in kernels
-    assert ("native)" in kernels) == cpu_has_native_bf16()
+    assert ("(oneDNN, native" in kernels) == cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_kernels_name_the_packed_onednn_matmul_where_it_runs(tiny_model_dir: str, precision: str) -> None:
+    from minilm_cli.model import Embedder
+    from minilm_cli.model.bert import onednn_packs
+
+    embedder = Embedder(model=tiny_model_dir, device="cpu", precision=precision)
+    packed = onednn_packs(torch.float32 if precision == "fp32" else torch.bfloat16)
+    assert embedder.model.onednn == packed
+    kernels = embedder.kernels()
+    assert ("packed weights, GELU fused" in kernels) == packed, kernels
+    assert ("(MKL)" in kernels) == (precision == "fp32" and not packed and torch.backends.mkl.is_available())
 
 
 @pytest.mark.parametrize("user_value", [None, "true", "false"])

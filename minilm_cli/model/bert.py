@@ -68,19 +68,35 @@ def bert_shape(config: dict) -> BertShape | None:
 
 
 class Linear(nn.Linear):
-    # bf16/fp16 (BertEncoder.use_dtype): the rows go through the matmul in pieces (see PIECE_ROWS)
+    # bf16/fp16 on a CPU (use_dtype) and every packed Linear (pack): the rows go through the
+    # matmul in pieces (see PIECE_ROWS)
     piecewise = False
+    packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight (pack)
+    fused = "none"  # the activation oneDNN applies to the matmul's output (pack)
 
     def reset_parameters(self) -> None:
         """Nothing: the checkpoint's weights replace these at once (random init cost ~0.2 s)."""
 
+    def pack(self, activation: str = "none") -> None:
+        """Run as oneDNN's matmul on a weight reordered once into its blocked layout (no reorder
+        per call), with ``activation`` ("gelu", "relu") applied inside it, in pieces. The dense
+        weight is not read again: its storage is dropped (the dtype stays, for inspection)."""
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PIECE_ROWS << 6)
+        self.fused = activation
+        self.piecewise = True
+        self.weight = nn.Parameter(self.weight.detach().new_empty(0), requires_grad=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sizes = pieces(x.shape[0]) if self.piecewise else ()
+        if self.packed is not None:
+            # the rows of a matmul are independent: each piece is its own matmul
+            parts = [self._packed_matmul(part) for part in x.split(sizes or (x.shape[0],))]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
         if len(sizes) <= 1:
             return F.linear(x, self.weight, self.bias)
         out = x.new_empty(x.shape[0], self.out_features)
         start = 0
-        for size in sizes:  # the rows of a matmul are independent: each piece is its own matmul
+        for size in sizes:
             end = start + size
             if self.bias is None:
                 torch.mm(x[start:end], self.weight.t(), out=out[start:end])
@@ -88,6 +104,26 @@ class Linear(nn.Linear):
                 torch.addmm(self.bias, x[start:end], self.weight.t(), out=out[start:end])
             start = end
         return out
+
+    def _packed_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        algorithm = "none" if self.fused == "gelu" else ""  # gelu: erf, as F.gelu (not tanh)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.fused, [], algorithm)
+
+
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether our Linears run as oneDNN's packed-weight matmul on this CPU in ``dtype``: bf16 or
+    fp16 where oneDNN has them natively (avx512_bf16 / AMX, avx512_fp16), fp32 where the CPU
+    has AVX-512. On a 2-core AMD EPYC with AVX-512, MKL's fp32 GEMM ran at 0.43x oneDNN's and the
+    packed bf16 model at 1.09-1.19x the unpacked one (docs/PERFORMANCE.md); on AVX2, oneDNN's
+    fp32 in bounded shapes measured 0.94x MKL's, so MKL keeps fp32 there."""
+    mkldnn = torch.backends.mkldnn
+    if not mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return dtype == torch.float32 and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class Embedding(nn.Embedding):
@@ -287,11 +323,15 @@ class BertLayer(nn.Module):
         self.output = Linear(shape.intermediate, shape.hidden)
         self.output_norm = nn.LayerNorm(shape.hidden, eps=shape.eps)
         self.activation = ACTIVATIONS[shape.activation]
+        self.activation_fused = False
 
     def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """x: (packed rows, hidden), the real tokens of the batch (and any bucket padding rows)."""
         x = self.attend(x, layout)
-        return self.output_norm(self.output(self.activation(self.intermediate(x.to(self.dtype)))) + x)
+        inner = self.intermediate(x.to(self.dtype))
+        if not self.activation_fused:  # else oneDNN applied it inside the matmul (use_onednn)
+            inner = self.activation(inner)
+        return self.output_norm(self.output(inner) + x)
 
     def attend(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Self-attention, its output projection and LayerNorm: the half before the FFN."""
@@ -330,7 +370,11 @@ class BertEncoder(nn.Module):
         self.bucketed = False
         self.depth = shape.layers
         self.compiling = False
+        # packed rows rounded up on a CPU (see PIECE_ROWS); off under --compile and for an
+        # export, where a traced graph would bake in one batch's row count
+        self.round_rows = True
         self.linear_dtype = torch.float32  # use_dtype's
+        self.onednn = False  # use_onednn's
         self._layout = bucketed_layout
 
     def attention_mode(self) -> str:
@@ -350,9 +394,27 @@ class BertEncoder(nn.Module):
         (wrapped only here: torch.compiler imports dynamo, about 60 MiB and a second)."""
         self._layout = torch.compiler.disable(bucketed_layout)
         self.compiling = True  # inductor writes its own matmuls: no pieces (and no recompiles for them)
+        self.round_rows = False
         for module in self.modules():
             if isinstance(module, Linear):
                 module.piecewise = False
+
+    def use_onednn(self) -> bool:
+        """On a CPU where oneDNN runs the Linear layers' dtype natively (onednn_packs): their
+        weights packed once, GELU fused into the FFN's first matmul, rows in pieces (oneDNN
+        keeps a primitive per shape). Not under --compile (inductor writes its own). Returns
+        whether it did."""
+        on_cpu = self.word_embeddings.weight.device.type == "cpu"
+        if not on_cpu or self.compiling or not onednn_packs(self.linear_dtype):
+            return False
+        fusable = {F.gelu: "gelu", F.relu: "relu"}
+        for layer in self.layers:
+            for linear in (layer.qkv, layer.attention_out, layer.output):
+                linear.pack()
+            layer.intermediate.pack(fusable.get(layer.activation, "none"))
+            layer.activation_fused = layer.intermediate.fused != "none"
+        self.onednn = True
+        return True
 
     def use_dtype(self, dtype: torch.dtype) -> None:
         """Linear weights stored in ``dtype`` once (no cast per call, no autocast), LayerNorm,
@@ -381,7 +443,7 @@ class BertEncoder(nn.Module):
             layout = self._layout(where, attention_mask)
         else:
             layout = Layout.plain(where, attention_mask.bool().view(batch, 1, 1, length))
-            if input_ids.device.type == "cpu" and not self.compiling:  # see PIECE_ROWS
+            if input_ids.device.type == "cpu" and self.round_rows:
                 layout = rounded_rows(layout)
         extra = len(layout.gather) - len(where)
         rows = torch.cat([where, where[:1].expand(extra)]) if extra else where
@@ -392,7 +454,8 @@ class BertEncoder(nn.Module):
         x = self.embedding_norm(x)
         for layer in self.layers[: self.depth]:
             x = layer(x, layout)
-        hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x[: len(where)])
+        # where.shape[0], not len(where): an ONNX export traces the size, where len() bakes in a constant
+        hidden = x.new_zeros(batch * length, x.shape[1]).index_copy_(0, where, x[: where.shape[0]])
         return hidden.view(batch, length, -1)
 
 

@@ -131,6 +131,8 @@ class Embedder:
         self.model = network.module.eval().to(self.device)
         if self.precision in ("fp16", "bf16"):
             self._precast_linear_weights(DTYPES[self.precision])
+        if self.network.ours and not compile and self.precision != "int8":
+            self.model.use_onednn()  # on a CPU where oneDNN runs this dtype natively
         if self.precision == "int8":
             self._quantize(compile)  # calibrated on every layer, before --layer cuts them
         self.network.use_layer(self.layer)
@@ -187,7 +189,8 @@ class Embedder:
     def kernels(self) -> str:
         """Which code runs the model here, in one line: backend, instruction set, matmul, attention.
 
-        e.g. "torch 2.13.0 eager; cpu AVX2; matmul fp32 (MKL); attention sdpa"
+        e.g. "torch 2.13.0 eager; cpu AVX2; matmul fp32 (MKL); attention sdpa", or on AVX-512
+        "...; matmul bf16 (oneDNN, native, packed weights, GELU fused); ..."
         """
         mode = "torch.compile (inductor)" if self.compiled else "eager"
         parts = [f"torch {torch.__version__.split('+')[0]} {mode}"]
@@ -197,12 +200,8 @@ class Embedder:
                 from .int8 import INT8_KERNELS
 
                 parts.append(INT8_KERNELS)
-            elif self.precision == "fp32":
-                parts.append("matmul fp32 (MKL)" if torch.backends.mkl.is_available() else "matmul fp32")
             else:
-                native = cpu_has_native_bf16() if self.precision == "bf16" else False
-                how = "native" if native else "no native support: converted in the kernels"
-                parts.append(f"matmul {self.precision} (oneDNN, {how})")
+                parts.append(f"matmul {self.precision} ({self._cpu_matmul()})")
         elif self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             name = torch.cuda.get_device_name(index)
@@ -211,6 +210,17 @@ class Embedder:
             parts.append(f"{self.device.type}; matmul {self.precision}")
         parts.append(f"attention {self.network.attention}")
         return "; ".join(parts)
+
+    def _cpu_matmul(self) -> str:
+        """Who runs the Linear layers on this CPU, and how (for ``kernels``)."""
+        if getattr(self.model, "onednn", False):  # BertEncoder.use_onednn
+            fused = self.model.layers[0].intermediate.fused
+            native = "" if self.precision == "fp32" else "native, "
+            return f"oneDNN, {native}packed weights" + (f", {fused.upper()} fused" if fused != "none" else "")
+        if self.precision == "fp32":
+            return "MKL" if torch.backends.mkl.is_available() else "ATen"
+        native = cpu_has_native_bf16() if self.precision == "bf16" else False
+        return "oneDNN, " + ("native" if native else "no native support: converted in the kernels")
 
     # -- the three steps the pipeline runs on separate threads: tokenize, run, (pool inside run)
 
