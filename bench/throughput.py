@@ -467,7 +467,6 @@ def print_table(title: str, rows: list[dict], base: float) -> None:
             "real_of_bound",
             "min_cosine",
             "mean_cosine",
-            "bytes_per_row",
         )
         if c in rows[0]
     ]
