@@ -65,12 +65,13 @@ def choose_precision(requested: str, device: torch.device) -> str:
 
 
 # Why auto chose what it did on a CPU, per feature profile, from bench/throughput.py (issue 22):
-# AMX: bf16 ~3x fp32, int8 0.75x bf16; avx512_bf16 + VNNI without AMX (AMD EPYC): bf16 1.6x
-# (mixed) / 2.1x (long) fp32, int8 1.5x / 1.2x bf16; AVX2: emulated bf16 slower than fp32.
+# AMX: bf16 ~3x fp32, int8 0.75x bf16; avx512_bf16 + VNNI without AMX (2-core AMD EPYC, fp32 on
+# oneDNN's packed matmul since 2026-12-07): bf16 1.47x (mixed) / 1.48x (long) fp32, int8 1.12x /
+# 1.01x bf16 in memory (slower end to end: it calibrates at load); AVX2: emulated bf16 slower.
 CPU_REASONS = {
     "amx": "AMX: bf16 runs natively (~3x fp32); int8 is slower than bf16 there (0.75x)",
-    "avx512_bf16": "avx512_bf16 without AMX: bf16 measured 1.6-2.1x fp32; int8 (VNNI) measured "
-    "1.2-1.5x bf16 but is opt-in (min cosine ~0.99 against fp32, bf16 0.9999)",
+    "avx512_bf16": "avx512_bf16 without AMX: bf16 measured 1.5x fp32; int8 (VNNI) measured "
+    "1.0-1.1x bf16, opt-in (min cosine ~0.99 against fp32, bf16 0.9999)",
     "plain": "no native bf16 (avx512_bf16 or AMX): fp32; bf16 would be emulated, slower",
 }
 
