@@ -79,12 +79,14 @@ def write_input(folder: Path, fmt: str, rows: list[dict], gz: bool) -> tuple[Pat
         fix = _tsv_safe if fmt == "tsv" else (lambda v: v)
         back = [{k: fix(_as_text(r[k])) for k in names} for r in rows]
         buf = io.StringIO(newline="")
+        # TSV quoted as csv.writer, pyarrow and pandas write it (--tsv-quoting csv, the default):
+        # joined raw, a cell that is a lone quote would open a quoted field never closed
         if fmt == "csv":
             writer = csv.writer(buf, lineterminator="\r\n")
-            writer.writerow(names)
-            writer.writerows([[b[k] for k in names] for b in back])
         else:
-            buf.write("\t".join(names) + "\n" + "".join("\t".join(b[k] for k in names) + "\n" for b in back))
+            writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([[b[k] for k in names] for b in back])
         data = buf.getvalue().encode("utf-8")
     elif fmt == "jsonl":
         back = [dict(r) for r in rows]

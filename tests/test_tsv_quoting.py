@@ -98,3 +98,50 @@ def test_csv_inputs_record_no_tsv_setting(tmp_path, tiny_model_dir):
     result = cli(["embed", str(path), "-o", str(out), *model_args(tiny_model_dir), "-q"])
     assert result.exit_code == 0, result.output
     assert "tsv_quoting" not in manifest(out)["settings"]
+
+
+def _rejects(path, tsv_quoting: str = "csv") -> list[tuple[int, str]]:
+    (f,) = resolve_inputs([str(path)], tsv_quoting=tsv_quoting)
+    blocks = read_file(f, Columns("text", "id"), 100)
+    return [(r.location, r.reason) for raw in blocks for r in raw.parse_rejects]
+
+
+def test_a_quote_never_closed_is_a_bad_row_not_the_rest_of_the_file(tmp_path, tiny_model_dir):
+    """A TSV written without quoting may hold a cell that is a lone quote: read with quoting on,
+    the csv module takes it as a quoted cell running to the end of the file, and the rows after
+    it vanished into that cell (3 rows in, 1 row out, exit 0). It is now a bad row, with the way out."""
+    path = tmp_path / "raw.tsv"
+    path.write_bytes(b'id\ttext\tnote\n1\thello\t"\n2\tworld\tx\n3\tagain\ty\n')
+    assert _read(path) == []
+    ((row, reason),) = _rejects(path)
+    assert row == 1 and reason == (
+        "malformed TSV: a quoted field is never closed: it runs to the end of the file "
+        "(--tsv-quoting none reads quotes as text)"
+    )
+    result = cli(["embed", str(path), "-o", str(tmp_path / "out"), *model_args(tiny_model_dir)])
+    assert result.exit_code != 0 and "row 1: malformed TSV: a quoted field is never closed" in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert [n for _, _, n in _read(path, "none")] == [1, 2, 3]
+
+
+def test_unclosed_quotes_in_csv_with_and_without_a_final_newline(tmp_path):
+    for data in (b'id,text\n1,one\n2,"open\n3,three', b'id,text\n1,one\n2,"open\n3,three\n'):
+        path = tmp_path / "open.csv"
+        path.write_bytes(data)
+        assert _read(path) == [("one", "1", 1)]
+        assert [r for r, _ in _rejects(path)] == [2]
+
+
+def test_a_closed_quote_at_the_very_end_is_read_as_written(tmp_path):
+    """No false alarm: quoted last cells, with and without a newline inside or after them."""
+    cases = {
+        b'id,text\n1,"ends ""quoted"""': 'ends "quoted"',
+        b'id,text\n1,"two\nlines\n"\n': "two\nlines\n",
+        b'id,text\n1,"x"\r\n': "x",
+        b'id,text\n1,plain"quote': 'plain"quote',
+    }
+    for data, text in cases.items():
+        path = tmp_path / "closed.csv"
+        path.write_bytes(data)
+        assert _read(path) == [(text, "1", 1)], data
+        assert _rejects(path) == []

@@ -114,7 +114,7 @@ def onednn_packs(dtype: torch.dtype) -> bool:
     """Whether our Linears run as oneDNN's packed-weight matmul on this CPU in ``dtype``: bf16 or
     fp16 where oneDNN has them natively (avx512_bf16 / AMX, avx512_fp16), fp32 where the CPU
     has AVX-512. On a 2-core AMD EPYC with AVX-512, MKL's fp32 GEMM ran at 0.43x oneDNN's and the
-    packed bf16 model at 1.09-1.19x the unpacked one (docs/PERFORMANCE.md); on AVX2, oneDNN's
+    packed bf16 model at 0.99-1.15x the unpacked one (docs/PERFORMANCE.md); on AVX2, oneDNN's
     fp32 in bounded shapes measured 0.94x MKL's, so MKL keeps fp32 there."""
     mkldnn = torch.backends.mkldnn
     if not mkldnn.is_available():
@@ -138,7 +138,8 @@ class Embedding(nn.Embedding):
 # counts took a tiny model's fp32 run from 457 to 487 MiB and still climbing, int8 to 589;
 # with the rows rounded, flat at 427 and 462). Packed token counts are nearly all new on real
 # text, so on a CPU the packed rows are rounded up to a multiple of PIECE_ROWS in every
-# precision, and below fp32 each Linear runs them as pieces of power-of-two multiples of it
+# precision, and wherever oneDNN runs the matmul (below fp32, and packed Linears: use_onednn)
+# each Linear runs them as pieces of power-of-two multiples of it
 # (1,500 rows: 1,504 = 1,024 + 256 + 128 + 64 + 32): each weight meets log2(rows / PIECE_ROWS)
 # + 1 shapes in all (6 up to 2,048 rows), which a short run already visits, so memory is flat
 # in the input's size. Below fp32 the attention batch and length are also rounded up to a

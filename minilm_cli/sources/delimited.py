@@ -77,13 +77,40 @@ def _records(f: InputFile, tap: _Tap) -> Iterator[list[str] | Exception]:
             line = line.rstrip("\r\n")
             yield line.split("\t") if line else []
         return
-    reader = csv.reader(tap, delimiter="\t" if f.format == "tsv" else ",")
+    reader = csv.reader(_with_probe(tap), delimiter="\t" if f.format == "tsv" else ",")
     while True:
         try:
-            yield from reader
+            for record in reader:
+                if record == [_PROBE_RECORD]:  # the file ended outside quotes: the probe alone
+                    return
+                if record and _PROBE in record[-1]:  # the file ended inside a quoted field
+                    hint = " (--tsv-quoting none reads quotes as text)" if f.format == "tsv" else ""
+                    yield csv.Error(_UNCLOSED + hint)
+                    return
+                yield record
             return
         except csv.Error as exc:  # the reader goes on with the next line
             yield exc
+
+
+# csv's non-strict reader takes a quote that is never closed as a field running to the end of
+# the file, silently: the records after it would vanish into one cell (a TSV cell that is a
+# lone quote, written by a tool that does not quote). So one more line follows the file: a
+# quote and a character no decoded input holds (surrogateescape gives only \udc80-\udcff).
+# Read as a record of its own, the file ended outside quotes; found inside the last field, a
+# quoted field was still open.
+_PROBE = "\ud800"
+_PROBE_RECORD = _PROBE + "\n"
+_UNCLOSED = "a quoted field is never closed: it runs to the end of the file"
+
+
+def _with_probe(lines: Iterator[str]) -> Iterator[str]:
+    last = ""
+    for last in lines:
+        yield last
+    if last and not last.endswith(("\n", "\r")):
+        yield "\n"
+    yield '"' + _PROBE + "\n"
 
 
 def read_header(f: InputFile, stream: IO[bytes]) -> list[str]:
@@ -170,7 +197,7 @@ def _read_records(
             continue  # a blank line is no record
         row += 1
         if isinstance(record, Exception):
-            block.reject(row, f"malformed CSV: {one_line(record)}", tap.take())
+            block.reject(row, f"malformed {f.format.upper()}: {one_line(record)}", tap.take())
         elif len(record) != width:
             block.reject(row, f"expected {width} columns, got {len(record)}", tap.take())
         else:
