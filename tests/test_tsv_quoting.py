@@ -115,8 +115,8 @@ def test_a_quote_never_closed_is_a_bad_row_not_the_rest_of_the_file(tmp_path, ti
     assert _read(path) == []
     ((row, reason),) = _rejects(path)
     assert row == 1 and reason == (
-        "malformed TSV: a quoted field is never closed: it runs to the end of the file "
-        "(--tsv-quoting none reads quotes as text)"
+        "malformed TSV: a quoted field is never closed: it runs to the end of the file"
+        "; --tsv-quoting none reads quotes as text"
     )
     result = cli(["embed", str(path), "-o", str(tmp_path / "out"), *model_args(tiny_model_dir)])
     assert result.exit_code != 0 and "row 1: malformed TSV: a quoted field is never closed" in result.output

@@ -84,7 +84,7 @@ def _records(f: InputFile, tap: _Tap) -> Iterator[list[str] | Exception]:
                 if record == [_PROBE_RECORD]:  # the file ended outside quotes: the probe alone
                     return
                 if record and _PROBE in record[-1]:  # the file ended inside a quoted field
-                    hint = " (--tsv-quoting none reads quotes as text)" if f.format == "tsv" else ""
+                    hint = "; --tsv-quoting none reads quotes as text" if f.format == "tsv" else ""
                     yield csv.Error(_UNCLOSED + hint)
                     return
                 yield record
