@@ -113,16 +113,27 @@ def matmul_peaks(config, rows: int = 2048, min_seconds: float = 0.3) -> dict[str
 
 
 def _packed_linear(x, w, b):
-    """oneDNN's matmul on a weight reordered once (what our encoder runs where oneDNN has the
-    dtype natively, minilm_cli.model.bert.Linear.pack), or None where oneDNN cannot run it."""
+    """Our encoder's Linear as it runs where oneDNN has the dtype natively (weight packed once:
+    minilm_cli.model.bert.Linear.pack), or None where oneDNN cannot run it."""
     import torch
 
+    from minilm_cli.model.bert import Linear
+
+    linear = Linear(w.shape[1], w.shape[0]).to(w.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(b)
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
-        torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+        linear.pack()
+        linear(x)
     except Exception:  # noqa: BLE001 - a torch without oneDNN, or a dtype it lacks here
         return None
-    return lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+
+    def run():
+        with torch.inference_mode():
+            return linear(x)
+
+    return run
 
 
 def tokens_bound(config, peaks_for_precision: dict) -> float:

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import smooth  # noqa: E402
-from throughput import batches_embed, corpus_rows, long_texts, onnx_engines  # noqa: E402
+from throughput import batches_embed, corpus_rows, long_texts, onnx_engines, ort_infer  # noqa: E402
 
 from minilm_cli.model import int8  # noqa: E402
 from minilm_cli.model.bert import load_bert  # noqa: E402
@@ -91,13 +91,6 @@ class OrtEmbedder:
 
     def __init__(self, infer, embedder) -> None:
         self.infer, self.embedder = infer, embedder
-
-    @classmethod
-    def of_session(cls, session, embedder) -> OrtEmbedder:
-        def infer(ids, mask):
-            return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-
-        return cls(infer, embedder)
 
     def run(self, chunk) -> np.ndarray:
         return batches_embed(self.infer, chunk, self.embedder.dim)
@@ -142,7 +135,7 @@ def build_variants(
         smooth.export_onnx(smooth.smoothed(base, maxima, alpha, ffn_out="runtime"), path)
         for kind in smooth.ORT_KINDS:
             session = smooth.onnx_int8(path, threads, kind)
-            variants[f"ORT ours SQ a={alpha} {kind}"] = OrtEmbedder.of_session(session, fp32)
+            variants[f"ORT ours SQ a={alpha} {kind}"] = OrtEmbedder(ort_infer(session), fp32)
     reference = onnx_engines(workdir, fp32.source.path, threads)
     if isinstance(reference, str):
         print(f"note: {reference}")

@@ -137,10 +137,7 @@ def onnx_engines(workdir: Path, model_path: str, threads: int) -> dict[str, tupl
     engines = {}
     for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
         session = ort.InferenceSession(str(path), options, providers=providers)
-        engines[f"ONNX Runtime {precision} (our batches)"] = (
-            lambda ids, mask, s=session: s.run(None, {"input_ids": ids, "attention_mask": mask})[0],
-            precision,
-        )
+        engines[f"ONNX Runtime {precision} (our batches)"] = (ort_infer(session), precision)
     return engines
 
 
@@ -230,6 +227,11 @@ def export_hidden(model, path: Path, ids, mask) -> None:
             opset_version=17,
             dynamo=False,
         )
+
+
+def ort_infer(session):
+    """An ONNX Runtime session of an exported encoder as infer(ids, mask) -> hidden states."""
+    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def batches_embed(infer, chunk, dim: int) -> np.ndarray:
